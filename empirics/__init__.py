@@ -1,0 +1,1 @@
+"""Measure: train real networks and capture the quantities the theory bounds."""

@@ -1,0 +1,204 @@
+"""Experiment configuration: frozen dataclasses, named presets, typed command-line overrides.
+
+A run is fully described by an `ExperimentConfig` plus the triple (norm, lr, seed) it was
+started with (`RunSpec`); its id is a hash of that resolved description, so results on disk can
+never be mistaken for those of another configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A configuration value or override is invalid; the message says how to fix it."""
+
+
+class Norm(str, enum.Enum):
+    """Normalisation placed after every convolution of the model."""
+
+    NONE = "none"
+    BATCHNORM = "batchnorm"
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """mnist1d, generated procedurally by the `mnist1d` package (4000 train / 1000 test signals)."""
+
+    name: str = "mnist1d"
+    seed: int = 42  # mnist1d's own generation seed (its published default)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """1-D VGG-style net: blocks of (conv3 -> [norm] -> ReLU), max-pool after every second conv."""
+
+    name: str = "vgg1d"
+    channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
+    hidden: int = 256
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Plain SGD (no momentum, no weight decay) on cross-entropy, fixed batch size, Glorot init."""
+
+    steps: int = 1000
+    batch_size: int = 128
+    lrs: tuple[float, ...] = (0.1, 0.5)
+    norms: tuple[Norm, ...] = (Norm.NONE, Norm.BATCHNORM)
+    seeds: tuple[int, ...] = (0, 1)
+    bn_eps: float = 1e-5  # PyTorch's BatchNorm default
+    eval_every: int = 50  # steps between test-set evaluations
+    log_every: int = 10  # steps between recorded training loss/accuracy points
+    capture_every: int = 50  # steps between bound captures (hooks exist only on those steps)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: Device = Device.AUTO
+    seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run: the shared config and the (norm, lr, seed) that distinguish it."""
+
+    config: ExperimentConfig
+    norm: Norm
+    lr: float
+    seed: int
+
+    @property
+    def run_id(self) -> str:
+        payload = {"config": to_dict(self.config), "norm": self.norm.value, "lr": self.lr, "seed": self.seed}
+        digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+        return f"{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
+
+
+PRESETS: dict[str, ExperimentConfig] = {
+    # seconds: for tests and CI
+    "smoke": ExperimentConfig(
+        model=ModelConfig(channels=(8, 8, 16, 16), hidden=32),
+        train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
+                          capture_every=10),
+    ),
+    # minutes on a 2-core CPU
+    "default": ExperimentConfig(),
+}
+
+
+def run_specs(config: ExperimentConfig) -> list[RunSpec]:
+    """Every (norm, lr, seed) combination of the config, in a stable order."""
+    return [
+        RunSpec(config, norm, lr, seed + config.seed_offset)
+        for lr in config.train.lrs
+        for norm in config.train.norms
+        for seed in config.train.seeds
+    ]
+
+
+def to_dict(obj) -> dict:
+    """Plain JSON-able dict of a config dataclass (enums by value, tuples as lists)."""
+
+    def convert(value):
+        if isinstance(value, enum.Enum):
+            return value.value
+        if dataclasses.is_dataclass(value):
+            return {f.name: convert(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        return value
+
+    return convert(obj)
+
+
+def _parse_scalar(text: str, kind: type, key: str):
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        allowed = [member.value for member in kind]
+        if text not in allowed:
+            raise ConfigError(f"{key}={text!r} is not one of {allowed}; pick one of those")
+        return kind(text)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ConfigError(f"{key}={text!r} is not a boolean; use true or false")
+        return text.lower() in ("true", "1")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"{key}={text!r} is not a valid {kind.__name__}; give a {kind.__name__}") from None
+
+
+def _parse_value(text: str, annotation, key: str):
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item_kind, _ellipsis) = typing.get_args(annotation)
+        items = [part.strip() for part in text.split(",") if part.strip()]
+        if not items:
+            raise ConfigError(f"{key} needs at least one value; give a comma-separated list")
+        return tuple(_parse_scalar(item, item_kind, key) for item in items)
+    return _parse_scalar(text, annotation, key)
+
+
+def override(config, assignment: str):
+    """Return `config` with one `dotted.key=value` assignment applied, type-checked.
+
+    >>> override(PRESETS["default"], "train.steps=200").train.steps
+    200
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} has no '='; write it as section.key=value, e.g. train.steps=200")
+    key, text = assignment.split("=", 1)
+    path = key.strip().split(".")
+    return _override_path(config, path, text.strip(), key.strip())
+
+
+def _override_path(obj, path: list[str], text: str, full_key: str):
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    head = path[0]
+    if head not in names:
+        raise ConfigError(f"unknown config key {full_key!r}; valid keys here: {', '.join(names)}")
+    current = getattr(obj, head)
+    if len(path) > 1:
+        if not dataclasses.is_dataclass(current):
+            raise ConfigError(f"config key {full_key!r} goes too deep: {head} is a value, not a section")
+        return dataclasses.replace(obj, **{head: _override_path(current, path[1:], text, full_key)})
+    if dataclasses.is_dataclass(current):
+        sub = [f.name for f in dataclasses.fields(current)]
+        raise ConfigError(f"config key {full_key!r} is a section; set one of its keys: {', '.join(sub)}")
+    return dataclasses.replace(obj, **{head: _parse_value(text, hints[head], full_key)})
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Reject values no run can use, with the rule and the fix."""
+    t = config.train
+    if t.steps < 1:
+        raise ConfigError(f"train.steps={t.steps} must be >= 1; give a positive number of steps")
+    if any(lr <= 0 for lr in t.lrs):
+        raise ConfigError(f"train.lrs={list(t.lrs)} must all be > 0; give positive learning rates")
+    if t.batch_size < 2 and Norm.BATCHNORM in t.norms:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is below 2, where batch statistics are undefined; use >= 2"
+        )
+    for key in ("eval_every", "log_every", "capture_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
+    if t.bn_eps < 0:
+        raise ConfigError(f"train.bn_eps={t.bn_eps} must be >= 0")
+    if not config.model.channels or any(c < 1 for c in config.model.channels):
+        raise ConfigError(f"model.channels={list(config.model.channels)} must be positive integers")
+    return config

@@ -1,0 +1,1 @@
+"""Derive: symbolic gradient-norm bounds of normalisers, proved or refuted by SymPy."""

@@ -1,0 +1,1 @@
+"""Compare and report: check measured gradients against derived bounds; write the report."""
