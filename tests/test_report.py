@@ -40,7 +40,7 @@ def _theory() -> dict:
                 "general_m": True,
                 "statement_latex": r"\|\nabla_{y_j}\hat L\|^2 \le \frac{\gamma^2}{\sigma_j^2}"
                 r"\left(\|g\|^2 - \frac{1}{\sqrt{m}}\langle g, \hat y_j\rangle^2\right)",
-                "evidence": "g proportional to yhat: LHS 0 > RHS < 0",
+                "evidence": "g proportional to yhat: LHS 0 > RHS = -|g|^2/sqrt(m) < 0",  # pipes: table escaping
                 "counterexample": {"m": 2, "epsilon": "0", "gamma": "1", "y": ["-1", "1"], "g": ["-1", "1"],
                                    "lhs": "0", "rhs": "-1/sqrt(2)", "lhs_float": 0.0, "rhs_float": -0.7071},
             },
@@ -266,3 +266,44 @@ def test_seed_statistics_ignore_missing_values_without_warnings():
     np.testing.assert_array_equal(low[:2], [1.0, 2.0])
     np.testing.assert_array_equal(high[:2], [3.0, 2.0])
     assert np.isnan(mean[2]) and np.isnan(low[2]) and np.isnan(high[2])
+
+
+def test_text_is_escaped_in_html_and_table_cells_stay_whole_in_markdown(clean_report):
+    _, paths = clean_report
+    page = paths["html"].read_text()
+    assert "equality iff epsilon = 0 or &lt;g, yhat&gt; = 0" in page
+    assert "<g, yhat>" not in page
+    md_rows = [line for line in paths["md"].read_text().splitlines() if line.startswith("| `batchnorm` | `thm4.1")]
+    assert len(md_rows) == 2 and all(len(re.findall(r"(?<!\\)\|", row)) == 10 for row in md_rows)  # 9 cells
+
+
+def test_ratios_near_one_keep_their_deviation_visible():
+    assert figures.format_ratio(1.0000001) == "1 + 1.00e-07"
+    assert figures.format_ratio(0.9999999) == "1 − 1.00e-07"
+    assert figures.format_ratio(1.0) == "1"
+    assert figures.format_ratio(0.123456789) == "0.123457"
+    assert figures.format_ratio(None) == "—"
+
+
+def test_scatter_panel_states_rows_with_nonpositive_rhs_and_their_violations():
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    ax = Figure().subplots()
+    rows = {"lhs": np.array([1.0, 2.0, 0.5, 0.1]), "rhs": np.array([2.0, -1.0, 0.0, 1.0]),
+            "tol": np.zeros(4), "step": np.arange(4.0)}
+    figures._draw_scatter_panel(ax, rows, Normalize(0, 3))
+    note = " ".join(t.get_text() for t in ax.texts)
+    assert "rows with RHS ≤ 0 not shown: 2," in note and "of which violations: 2" in note
+
+
+def test_report_tolerates_missing_optional_fields_and_unknown_claims(tmp_path):
+    results = {"schema": 1, "config": {}, "environment": {}, "theory": {}, "timings": {}, "training": [],
+               "checks": [{"claim": "thm4.2", "normaliser": "layernorm", "layer": 0, "lr": 0.1,
+                           "n_checked": 10, "n_violations": 0, "worst_ratio": None, "median_ratio": None}]}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    paths = write_report(tmp_path)
+    for path in paths.values():
+        text = path.read_text()
+        assert "thm4.2" in text and "layernorm" in text and "BUG" not in text
+    assert "--preset <preset>" in paths["md"].read_text()

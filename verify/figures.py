@@ -65,6 +65,16 @@ def norm_colour(norm: str, all_norms: list[str]) -> str:
 # ---------------------------------------------------------------- small numeric helpers
 
 
+def format_ratio(value) -> str:
+    """~6 significant digits; a ratio within 1e-5 of 1 (but not 1) keeps its deviation visible."""
+    if value is None:
+        return "—"
+    value = float(value)
+    if math.isfinite(value) and value != 1 and abs(value - 1) < 1e-5:
+        return f"1 {'+' if value > 1 else '−'} {abs(value - 1):.2e}"
+    return f"{value:.6g}"
+
+
 def _as_float(values) -> np.ndarray:
     """JSON list with nulls (non-finite values of a diverged run) -> float array with NaN."""
     return np.array([np.nan if v is None else float(v) for v in values], dtype=float)
@@ -250,9 +260,12 @@ def _draw_scatter_panel(ax, rows: dict[str, np.ndarray], colour_norm: Normalize)
         pick = _subsample(len(x))
         points = ax.scatter(x[pick], y[pick], c=c[pick], cmap="viridis", norm=colour_norm, s=7,
                             alpha=0.7, linewidths=0)
-        bad = violation[shown]
-        if bad.any():  # every violation is drawn, never subsampled away
-            ax.scatter(x[bad], y[bad], marker="x", color="#d62728", s=28, linewidths=1.2)
+        bad = np.flatnonzero(violation[shown])
+        if len(bad):  # violations are drawn on top, from all rows, not from the subsample
+            drawn = bad[_subsample(len(bad))]
+            ax.scatter(x[drawn], y[drawn], marker="x", color="#d62728", s=28, linewidths=1.2)
+            if len(drawn) < len(bad):
+                lines.append(f"violations drawn: {len(drawn):,} of {len(bad):,} (random, seed {SUBSAMPLE_SEED})")
         low = min(x.min(), y.min()) / 1.5
         high = max(x.max(), y.max()) * 1.5
         ax.plot([low, high], [low, high], color="black", linewidth=1, linestyle="--")
@@ -328,7 +341,7 @@ def _draw_ratio_panel(ax, rows: dict[str, np.ndarray]) -> None:
         ax.axvline(1, color="#d62728", linestyle="--")
         ax.set_xlabel("LHS / RHS")
     _note(ax, f"rows with RHS > 0: {len(ratio):,}\nratio > 1: {int((ratio > 1).sum()):,}; "
-              f"violations: {violations:,}\nmin {low:.6g}, max {high:.6g}", loc="upper left")
+              f"violations: {violations:,}\nmin {format_ratio(low)}, max {format_ratio(high)}", loc="upper left")
 
 
 def ratio_histogram_file(out_dir: Path, normaliser: str, claim: str, checks_file: Path) -> Path:

@@ -34,14 +34,7 @@ def fmt_count(value) -> str:
     return "—" if value is None else f"{int(value):,}"
 
 
-def fmt_ratio(value) -> str:
-    """~6 significant digits; a ratio within 1e-5 of 1 (but not 1) keeps its deviation visible."""
-    if value is None:
-        return "—"
-    value = float(value)
-    if math.isfinite(value) and value != 1 and abs(value - 1) < 1e-5:
-        return f"1 {'+' if value > 1 else '−'} {abs(value - 1):.2e}"
-    return f"{value:.6g}"
+fmt_ratio = figures.format_ratio  # one formatting for figures and tables
 
 
 def fmt_accuracy(mean, std=None) -> str:
@@ -244,7 +237,7 @@ def mathtext_svg(latex: str, size: float) -> str | None:
 
 
 def _html_math(latex: str, display: bool) -> str:
-    svg = mathtext_svg(latex, 14.0 if display else 11.0)
+    svg = mathtext_svg(latex, 16.0 if display else 12.0)
     if svg is None:
         source = html.escape(latex)
         return (f'<pre class="latex" title="LaTeX source (mathtext cannot draw it)"><code>{source}</code></pre>'
@@ -283,6 +276,7 @@ table{border-collapse:collapse;font-size:.88em}
 th,td{border:1px solid #d0d7de;padding:.3em .65em;vertical-align:top}
 th{background:#f0f3f6;text-align:left}
 tbody tr:nth-child(even) td{background:#f8f9fa}
+td code{white-space:nowrap}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;background:#f3f4f6;
  padding:.05em .3em;border-radius:4px}
@@ -301,10 +295,13 @@ figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-
 
 
 def render_html(blocks: list[Block], out_dir: Path) -> str:
-    body = []
+    body, seen = [], {}
     for block in blocks:
         if isinstance(block, Heading):
-            body.append(f'<h{block.level} id="{slug(block.text)}">{html.escape(block.text)}</h{block.level}>')
+            anchor = slug(block.text)
+            seen[anchor] = seen.get(anchor, -1) + 1  # repeated headings get -1, -2, ... as on GitHub
+            anchor += f"-{seen[anchor]}" if seen[anchor] else ""
+            body.append(f'<h{block.level} id="{anchor}">{html.escape(block.text)}</h{block.level}>')
         elif isinstance(block, Paragraph):
             body.append(f"<p>{_html_inline(block.parts)}</p>")
         elif isinstance(block, Bullets):
@@ -406,8 +403,8 @@ class _Verdicts:
 
 def _summary_paragraph(results: dict, verdicts: _Verdicts) -> list[Block]:
     config, training = results.get("config") or {}, results.get("training") or []
-    model = (config.get("model") or {}).get("name", "an unnamed model")
-    data = (config.get("data") or {}).get("name", "an unnamed data set")
+    model = (config.get("model") or {}).get("name", "model not recorded")
+    data = (config.get("data") or {}).get("name", "data set not recorded")
     statuses = [verdicts.status(p) for p in verdicts.theory]
     counted = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses))) or "none"
     normalisers = sorted({n for n, _ in verdicts.pairs})
@@ -507,7 +504,7 @@ def _check_figures(out_dir: Path, pair) -> list[Block]:
             "(LHS > RHS + tol). Rows with RHS ≤ 0 cannot be drawn on log axes; each panel states how many there "
             f"are and how many of them are violations. At most {figures.MAX_POINTS_PER_PANEL:,} points per panel "
             f"are drawn, a uniformly random subset with fixed seed {figures.SUBSAMPLE_SEED}; every violation is "
-            "drawn.")),
+            "drawn (up to the same cap).")),
         FigureBlock(rel("ratio_histogram"), (
             f"Distribution of LHS / RHS for {claim} ({normaliser}) over rows with RHS > 0, one panel per layer; "
             "the dashed line marks ratio 1 (the bound met with equality). Where every ratio of a panel lies "
@@ -558,23 +555,26 @@ def _reached(training: list[dict], norm: str, lr: float) -> tuple[int, int]:
 def _comparison_sentences(summary_rows: list[dict], training: list[dict], threshold) -> list[tuple]:
     """For each lr, every normaliser against 'none', in numbers taken from training_summary."""
     by_setting = {(r.get("norm"), float(r["lr"])): r for r in summary_rows if "lr" in r}
-    describe = lambda row: (
-        (f"reached {threshold:g} accuracy after {row['steps_to_threshold_mean']:,.0f} steps on average"
-         if row.get("steps_to_threshold_mean") is not None else f"did not reach {threshold:g} accuracy in every seed")
-        + " (reached in {}/{} runs), final training accuracy {}, final test accuracy {}, diverged in {} of {} seeds"
-        .format(*_reached(training, row["norm"], float(row["lr"])),
-                fmt_accuracy(row.get("final_train_acc_mean"), row.get("final_train_acc_std")),
-                fmt_accuracy(row.get("final_test_acc_mean"), row.get("final_test_acc_std")),
-                row.get("n_diverged", "?"), row.get("n_seeds", "?")))
+
+    def describe(row: dict) -> str:
+        reached, runs = _reached(training, row["norm"], float(row["lr"]))
+        steps = row.get("steps_to_threshold_mean")
+        return (f"reached {threshold:g} accuracy in {reached}/{runs} runs"
+                + (f" after {steps:,.0f} steps on average" if steps is not None else "")
+                + f", ended at training accuracy "
+                f"{fmt_accuracy(row.get('final_train_acc_mean'), row.get('final_train_acc_std'))} and test accuracy "
+                f"{fmt_accuracy(row.get('final_test_acc_mean'), row.get('final_test_acc_std'))}, and diverged in "
+                f"{row.get('n_diverged', '?')} of {row.get('n_seeds', '?')} seeds")
+
     sentences = []
     for lr in sorted({lr for _, lr in by_setting}):
         baseline = by_setting.get(("none", lr))
         for (norm, row_lr), row in sorted(by_setting.items(), key=lambda kv: str(kv[0][0])):
             if row_lr != lr or norm == "none":
                 continue
-            text = f"At lr {lr:g}, {norm} {describe(row)}"
-            text += f"; without normalisation the network {describe(baseline)}." if baseline else \
-                "; there is no unnormalised run at this lr to compare with."
+            text = f"At lr {lr:g}, {norm} {describe(row)}; "
+            text += f"without normalisation the network {describe(baseline)}." if baseline else \
+                "there is no unnormalised run at this lr to compare with."
             sentences.append(parts(text))
     return sentences
 
@@ -639,8 +639,8 @@ def _environment_section(results: dict, out_dir: Path) -> list[Block]:
                                       "whose values match the resolved configuration above.")))
     unknown = sorted(k for k in results if k not in _KNOWN_TOP_LEVEL)
     if unknown:
-        blocks.append(Paragraph(parts("results.json also holds fields this report does not render: ",
-                                      *[Code(k) if i == 0 else Text(", ") for k in unknown for i in (1, 0)][1:])))
+        names = [item for k in unknown for item in (Text(", "), Code(k))][1:]
+        blocks.append(Paragraph(parts("results.json also holds fields this report does not render: ", *names)))
     return blocks
 
 
