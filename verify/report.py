@@ -168,14 +168,16 @@ def _md_text(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
 
 
-def _md_inline(items: tuple[Inline, ...]) -> str:
+def _md_inline(items: tuple[Inline, ...], in_table: bool = False) -> str:
     out = []
     for item in items:
         if isinstance(item, Text):
             out.append(_md_text(item.text))
         elif isinstance(item, Code):
-            fence = "`" * (max((len(r) for r in re.findall("`+", item.text)), default=0) + 1)
-            out.append(f"{fence} {item.text} {fence}" if "`" in item.text else f"`{item.text}`")
+            text = item.text.replace("\n", " ")
+            text = text.replace("|", "\\|") if in_table else text  # GFM splits cells before code spans
+            fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+            out.append(f"{fence} {text} {fence}" if "`" in text else f"`{text}`")
         elif isinstance(item, (Strong, Status)):
             out.append(f"**{_md_text(item.text if isinstance(item, Strong) else item.status)}**")
         elif isinstance(item, Math):
@@ -197,7 +199,7 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Table):
             lines = ["| " + " | ".join(_md_text(h) for h in block.header) + " |",
                      "|" + "|".join("---:" if n else "---" for n in block.numeric) + "|"]
-            lines += ["| " + " | ".join(_md_inline(c) for c in row) + " |" for row in block.rows]
+            lines += ["| " + " | ".join(_md_inline(c, in_table=True) for c in row) + " |" for row in block.rows]
             out.append("\n".join(lines))
         elif isinstance(block, DisplayMath):
             out.append(f"$$\n{block.latex}\n$$")
@@ -449,7 +451,7 @@ def _theory_claim(pair, record: dict) -> list[Block]:
     normaliser, claim = pair
     facts = [Status(record.get("status", "not derived"))]
     if "general_m" in record:
-        facts.append(f"; proved for general m: {'yes' if record['general_m'] else 'no'}")
+        facts.append(f"; established for general m: {'yes' if record['general_m'] else 'no'}")
     if record.get("concrete_m_checked"):
         facts.append(f"; concrete m checked: {', '.join(map(str, record['concrete_m_checked']))}")
     blocks: list[Block] = [Heading(3, f"{claim} ({normaliser})"), Paragraph(parts("Status: ", *facts))]
@@ -462,10 +464,10 @@ def _theory_claim(pair, record: dict) -> list[Block]:
                    Bullets(tuple(parts(Math(a)) for a in record["assumptions"]))]
     for key, label in (("equality", "Equality"), ("evidence", "Evidence")):
         if record.get(key):
-            blocks.append(Paragraph(parts(Strong(f"{label}: "), str(record[key]))))
+            blocks.append(Paragraph(parts(Strong(f"{label}:"), " " + str(record[key]))))
     if isinstance(record.get("numeric_crosscheck"), dict):
         check = record["numeric_crosscheck"]
-        blocks.append(Paragraph(parts(Strong("Numeric cross-check: "), ", ".join(
+        blocks.append(Paragraph(parts(Strong("Numeric cross-check:"), " " + ", ".join(
             f"{k} = {fmt_value(v)}" for k, v in check.items()))))
     if isinstance(record.get("counterexample"), dict):
         blocks += [Paragraph(parts(Strong("Counterexample:"))), table(
