@@ -146,9 +146,16 @@ def _note(ax, text: str, loc: str = "lower right") -> None:
 
 
 def _load_runs(out_dir: Path) -> list[tuple[dict, dict]]:
-    """(spec, history) for every `DIR/runs/<run_id>/` holding both files."""
+    """(spec, history) of every run listed in results.json's `training` (all run dirs if it has none).
+
+    The listed set is authoritative: a stale run directory of another configuration is not drawn.
+    """
+    results_file = Path(out_dir) / "results.json"
+    listed = json.loads(results_file.read_text()).get("training") if results_file.is_file() else None
+    run_dirs = ([Path(out_dir) / "runs" / r["run_id"] for r in listed] if listed
+                else sorted((Path(out_dir) / "runs").glob("*")))
     runs = []
-    for run_dir in sorted((Path(out_dir) / "runs").glob("*")):
+    for run_dir in run_dirs:
         spec_file, history_file = run_dir / "spec.json", run_dir / "history.json"
         if spec_file.is_file() and history_file.is_file():
             runs.append((json.loads(spec_file.read_text()), json.loads(history_file.read_text())))
