@@ -206,7 +206,8 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Alert):
             out.append(f"> [!CAUTION]\n> {_md_inline(block.parts)}")
         elif isinstance(block, FigureBlock):
-            out.append(f"![{_md_text(block.caption)}]({block.path})\n\n*{_md_text(block.caption)}*")
+            alt = _md_text(Path(block.path).stem)  # the caption follows; an alt of the same words is noise
+            out.append(f"![{alt}]({block.path})\n\n*{_md_text(block.caption)}*")
         elif isinstance(block, CodeBlock):
             out.append(f"```\n{block.text}\n```")
     return "\n\n".join(out) + "\n"
@@ -403,26 +404,32 @@ class _Verdicts:
 # ---------------------------------------------------------------- sections
 
 
-def _summary_paragraph(results: dict, verdicts: _Verdicts) -> list[Block]:
-    config, training = results.get("config") or {}, results.get("training") or []
+def _runs_phrase(config: dict, training: list[dict]) -> str:
+    if not training:
+        return "trained no networks"
     model = (config.get("model") or {}).get("name", "model not recorded")
     data = (config.get("data") or {}).get("name", "data set not recorded")
+    norms = sorted({str(r.get("norm")) for r in training})
+    lrs = sorted({float(r["lr"]) for r in training if "lr" in r})
+    seeds = sorted({r.get("seed") for r in training}, key=str)
+    return (f"trained {len(training)} networks ({model} on {data}; norms {', '.join(norms)}; learning rates "
+            f"{', '.join(f'{lr:g}' for lr in lrs)}; seeds {', '.join(map(str, seeds))})")
+
+
+def _summary_paragraph(results: dict, verdicts: _Verdicts) -> list[Block]:
     statuses = [verdicts.status(p) for p in verdicts.theory]
-    counted = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses))) or "none"
-    normalisers = sorted({n for n, _ in verdicts.pairs})
+    counted = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(set(statuses)))
+    normalisers = sorted({n for n, _ in verdicts.theory})
+    derived = (f"derived {len(verdicts.theory)} claim(s) symbolically for normaliser(s) {', '.join(normalisers)} "
+               f"({counted})") if verdicts.theory else "derived no claims symbolically"
     totals = _aggregate(results.get("checks") or [])
-    runs = (f"trained {len(training)} networks ({model} on {data}; norms "
-            f"{', '.join(sorted({str(r.get('norm')) for r in training}))}; learning rates "
-            f"{', '.join(f'{lr:g}' for lr in sorted({float(r['lr']) for r in training if 'lr' in r}))}; seeds "
-            f"{', '.join(str(s) for s in sorted({r.get('seed') for r in training}, key=str))})") if training \
-        else "trained no networks"
+    runs = _runs_phrase(results.get("config") or {}, results.get("training") or [])
     bugs = [p for p in verdicts.pairs if verdicts.is_bug(p)]
     verdict = (f"{len(bugs)} claim(s) proved in theory are violated by the measurements; see the warnings below."
                if bugs else "No claim proved in theory is violated by the measurements.")
     return [Heading(1, TITLE), Paragraph(parts(
         "This report checks the claims of Santurkar, Tsipras, Ilyas and Mądry (NeurIPS 2018, arXiv:1805.11604). "
-        f"The run derived {len(verdicts.theory)} claim(s) symbolically for normaliser(s) "
-        f"{', '.join(normalisers) or 'none'} ({counted}); compared {fmt_count(totals['n_checked'])} measured "
+        f"The run {derived}; compared {fmt_count(totals['n_checked'])} measured "
         f"gradient rows in {len(results.get('checks') or [])} check record(s) against the derived bounds "
         f"({fmt_count(totals['n_violations'])} violations); and {runs}. {verdict}"))]
 
@@ -439,7 +446,8 @@ def _summary_section(verdicts: _Verdicts) -> list[Block]:
                      fmt_ratio(totals["worst_ratio"]), fmt_ratio(totals["median_ratio"])])
     blocks: list[Block] = [Heading(2, "Summary table"), table(
         ["normaliser", "claim", "theory status", "evidence", "check records", "rows checked", "violations",
-         "worst ratio", "median ratio"], rows, [False] * 4 + [True] * 5)]
+         "worst ratio", "median ratio"], rows, [False] * 4 + [True] * 5) if rows
+        else Paragraph(parts("results.json records no claims and no checks."))]
     blocks.append(Paragraph(parts(
         "Ratio = measured left-hand side / bound right-hand side over rows whose bound is positive; "
         "a violation is a row with LHS > RHS + tol. Worst ratio is the largest over all check records of the "
@@ -626,7 +634,9 @@ def _environment_section(results: dict, out_dir: Path) -> list[Block]:
     config = results.get("config") or {}
     preset = config.get("preset")
     blocks: list[Block] = [Heading(2, "Environment and reproduction")]
-    blocks.append(table(["setting", "value"], [[k, Code(v)] for k, v in _flatten(results.get("environment") or {})]))
+    environment = results.get("environment") or {}
+    blocks.append(table(["setting", "value"], [[k, Code(v)] for k, v in _flatten(environment)]) if environment
+                  else Paragraph(parts("results.json records no environment.")))
     timings = results.get("timings") or {}
     if timings:
         blocks += [Paragraph(parts(Strong("Timings:"))), table(["stage", "wall time"], [
