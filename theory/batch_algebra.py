@@ -1,0 +1,119 @@
+"""Symbolic sums over a batch of symbolic size m, and their reduction to batch invariants.
+
+A batch is the vector y = (y_1, ..., y_m) with m a positive integer *symbol*; an upstream gradient
+is g = (g_1, ..., g_m). Batch statistics are written as SymPy `Sum`s over an index running from 1
+to m, so SymPy's own `diff` differentiates through them (it yields `KroneckerDelta`s). This module
+then rewrites every sum into a closed form in a few invariants, which makes the derivation hold for
+every m at once rather than for one concrete batch size:
+
+    sum_i delta_{ik} f(i)    ->  f(k)                       (index collapse, k in 1..m)
+    sum_i c                  ->  m c                        (c free of i)
+    sum_i y_i^a              ->  m M_a                      (raw moments of y)
+    sum_i g_i^b y_i^a        ->  S[a, b]                    (mixed sums; S[0,1] = <1,g>, S[0,2] = ||g||^2)
+
+Raw moments are later eliminated in favour of the normaliser's own statistics (`solve_moments`).
+A sum that is not a polynomial in (y_i, g_i) — e.g. sum_i |y_i - mu| — has no such closed form;
+reducing it raises `NoClosedForm`, and callers fall back to concrete batch sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import sympy as sp
+
+m = sp.Symbol("m", integer=True, positive=True)
+y = sp.IndexedBase("y", real=True)
+g = sp.IndexedBase("g", real=True)
+# Free output/input indices of a Jacobian entry dz_l/dy_k and a summation index.
+k, l = sp.symbols("k l", integer=True, positive=True)
+
+
+class NoClosedForm(ValueError):
+    """A batch sum is not a polynomial in (y_i, g_i), so it has no closed form for symbolic m."""
+
+
+@functools.cache
+def raw_moment(a: int) -> sp.Symbol:
+    """M_a = (1/m) sum_i y_i^a."""
+    return sp.Symbol(f"M_{a}", real=True)
+
+
+@functools.cache
+def mixed_sum(a: int, b: int) -> sp.Symbol:
+    """S[a, b] = sum_i y_i^a g_i^b for b >= 1 (g enters linearly or quadratically in gradient norms)."""
+    names = {(0, 1): "G_1", (0, 2): "G_2"}
+    return sp.Symbol(names.get((a, b), f"S_{a}{b}"), real=True)
+
+
+def batch_mean(summand_of_index, name: str) -> sp.Expr:
+    """(1/m) sum_{i=1}^m summand(i), with a fresh dummy index so nested statistics never clash."""
+    i = sp.Dummy(name, integer=True, positive=True)
+    return sp.Sum(summand_of_index(i), (i, 1, m)) / m
+
+
+def _monomial_sum(term: sp.Expr, i: sp.Symbol) -> sp.Expr:
+    """Closed form of sum_i term, where term is a product of factors, some depending on i."""
+    factors = sp.Mul.make_args(term)
+    constant = sp.Mul(*[f for f in factors if not f.has(i)])
+    dependent = [f for f in factors if f.has(i)]
+    if not dependent:
+        return m * constant
+    deltas = [f for f in dependent if isinstance(f, sp.KroneckerDelta)]
+    if deltas:
+        # sum_i delta_{i j} h(i) = h(j); the other index ranges over 1..m by construction.
+        delta = deltas[0]
+        other = delta.args[1] if delta.args[0] == i else delta.args[0]
+        rest = sp.Mul(*[f for f in dependent if f is not delta])
+        return constant * rest.subs(i, other)
+    powers = {"y": 0, "g": 0}
+    for factor in dependent:
+        base, exponent = factor.as_base_exp()
+        if not (isinstance(base, sp.Indexed) and base.indices == (i,) and exponent.is_Integer and exponent > 0):
+            raise NoClosedForm(f"sum over the batch of {term} is not a polynomial in y_i, g_i")
+        powers[str(base.base)] += int(exponent)
+    a, b = powers["y"], powers["g"]
+    if b == 0:
+        return constant * m * raw_moment(a)
+    return constant * mixed_sum(a, b)
+
+
+def _reduce_sum_body(expr: sp.Expr, i) -> sp.Expr:
+    """Reduce all sums inside expr (innermost first); if i is given, also sum expr over i."""
+    reduced = reduce_sums(expr)
+    if i is None:
+        return reduced
+    return sp.Add(*[_monomial_sum(term, i) for term in sp.Add.make_args(sp.expand(reduced))])
+
+
+def reduce_sums(expr: sp.Expr) -> sp.Expr:
+    """Replace every batch `Sum` in expr by its closed form in M_a, S[a, b] and m."""
+    if isinstance(expr, sp.Sum):
+        ((i, lower, upper),) = expr.limits
+        if (lower, upper) != (1, m):
+            raise NoClosedForm(f"sum with limits ({lower}, {upper}) is not over the batch 1..m")
+        return _reduce_sum_body(expr.function, i)
+    if not expr.args or isinstance(expr, (sp.Indexed, sp.KroneckerDelta)):
+        return expr
+    return expr.func(*[reduce_sums(arg) for arg in expr.args])
+
+
+def solve_moments(statistics: list[tuple[sp.Symbol, sp.Expr]]) -> dict[sp.Symbol, sp.Expr]:
+    """Express raw moments M_a through the statistics.
+
+    Each statistic S = (1/m) sum_i f(y_i, earlier statistics) reduces to a polynomial in raw
+    moments; solving it for the one raw moment it introduces gives M_a as a function of the
+    statistics (for BatchNorm: M_1 = mu, M_2 = var + mu^2).
+    """
+    solution: dict[sp.Symbol, sp.Expr] = {}
+    for symbol, definition in statistics:
+        reduced = sp.expand(reduce_sums(definition).subs(solution))
+        new = sorted((s for s in reduced.free_symbols if s.name.startswith("M_") and s not in solution),
+                     key=lambda s: s.name)
+        if len(new) != 1:
+            raise NoClosedForm(f"statistic {symbol} does not determine exactly one new raw moment (found {new})")
+        roots = sp.solve(sp.Eq(symbol, reduced), new[0], dict=False)
+        if len(roots) != 1:
+            raise NoClosedForm(f"statistic {symbol} does not determine {new[0]} uniquely")
+        solution[new[0]] = roots[0]
+    return solution

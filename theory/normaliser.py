@@ -1,0 +1,52 @@
+"""A normaliser is defined once, by its forward formula; everything else is derived from it.
+
+    z_i = gamma * hat(y_i; S_1, ..., S_r) + beta,    S_t = (1/m) sum_j f_t(y_j; S_1, ..., S_{t-1})
+
+`statistics` lists the S_t in order, each as a batch mean (`batch_algebra.batch_mean`) of an
+expression in one sample and the earlier statistics; `hat` maps one sample to its normalised value.
+The Jacobian, the closed form of ||J^T g||^2, the bounds and their slack are derived by `derive`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import sympy as sp
+
+from theory.batch_algebra import y
+
+# Shared symbols with the assumptions the derivations rely on.
+gamma = sp.Symbol("gamma", real=True)  # affine scale (a constant, as in the paper)
+beta = sp.Symbol("beta", real=True)  # affine shift (a constant, as in the paper)
+eps = sp.Symbol("epsilon", nonnegative=True)  # numerical-stability constant; the paper has eps = 0
+sigma = sp.Symbol("sigma", positive=True)  # the normalising scale, e.g. sqrt(var + eps); > 0 by assumption
+g_hat = sp.Symbol("G_hat", real=True)  # <g, yhat>, yhat the normalised batch (without affine)
+
+
+@dataclass(frozen=True, eq=False)  # identity equality: hashable, usable as a cache key
+class Normaliser:
+    """Forward formula of a normaliser over one group of m values (the axis named in `axis`)."""
+
+    name: str
+    title: str
+    axis: str  # what the m values of one group are, e.g. "one channel over all (sample, position) pairs"
+    statistics: tuple[tuple[sp.Symbol, sp.Expr], ...]
+    hat: Callable[[sp.Expr], sp.Expr]  # one sample -> its normalised value, in the statistics' symbols
+    scale: sp.Expr  # the normalising scale in the statistics' symbols (presented as sigma)
+    scale_of_sigma: dict  # substitution expressing the statistics through sigma (e.g. var -> sigma^2 - eps)
+
+    def inline(self, expr: sp.Expr) -> sp.Expr:
+        """expr with every statistic replaced by its defining batch sum (so diff sees through it)."""
+        definitions: dict[sp.Symbol, sp.Expr] = {}
+        for symbol, definition in self.statistics:
+            definitions[symbol] = definition.subs(definitions)
+        return expr.subs(definitions)
+
+    def forward(self, sample: sp.Expr) -> sp.Expr:
+        """z for one sample (statistics as symbols)."""
+        return gamma * self.hat(sample) + beta
+
+    def forward_inlined(self, index) -> sp.Expr:
+        """z_index as a function of the whole batch y (statistics inlined as sums)."""
+        return self.inline(self.forward(y[index]))
