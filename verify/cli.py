@@ -1,0 +1,88 @@
+"""Command line: `python -m verify all|theory|empirics|report [options]`.
+
+Every problem with the arguments or the configuration ends in one line on stderr naming the
+problem and the fix, and exit code 2; nothing written by an earlier stage is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from empirics.config import PRESETS, ConfigError, Device, override, validate
+from verify import pipeline
+
+COMMANDS = {
+    "all": "derive, train, check and write the report (theory + empirics + report)",
+    "theory": "derive every statement symbolically; write DIR/theory.json",
+    "empirics": "train the networks of the preset, capturing bound quantities; write DIR/runs/",
+    "report": "check the derived bounds on the captured runs; write DIR/results.json and DIR/report.{md,html}",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (not usage + error) and exits with 2."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        self.exit(2, f"verify: error: {message}; see `python -m verify --help`\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(
+        prog="python -m verify",
+        description="Verify the claims of Santurkar et al. (2018) on BatchNorm: derive the bounds with SymPy, "
+                    "measure them on trained networks, and report which statements hold and how tightly.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="commands:\n" + "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items()),
+    )
+    parser.add_argument("command", choices=list(COMMANDS), help="what to run (see below)")
+    parser.add_argument("--preset", choices=list(PRESETS), default="default",
+                        help="experiment size: smoke (seconds, for tests) or default (minutes on a laptop CPU)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default: reports/<preset>)")
+    parser.add_argument("--device", choices=[d.value for d in Device], default=None,
+                        help="where to train: auto (CUDA if available), cpu, or cuda (an error if unavailable)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="offset added to every seed of the preset (default 0: the preset's own seeds)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set train.steps=200 --set train.lrs=0.1,0.5")
+    parser.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
+    return parser
+
+
+def resolve_config(args: argparse.Namespace):
+    config = PRESETS[args.preset]
+    if args.device is not None:
+        config = dataclasses.replace(config, device=Device(args.device))
+    if args.seed is not None:
+        config = dataclasses.replace(config, seed_offset=args.seed)
+    for assignment in args.overrides:
+        config = override(config, assignment)
+    return validate(config)
+
+
+def run(args: argparse.Namespace) -> None:
+    config = resolve_config(args)
+    out_dir = args.out if args.out is not None else Path("reports") / args.preset
+    started = time.perf_counter()
+    pipeline.write_config(config, args.preset, out_dir)
+    if args.command in ("all", "theory"):
+        pipeline.stage_theory(out_dir)
+    if args.command in ("all", "empirics"):
+        pipeline.stage_empirics(config, out_dir, progress=not args.no_progress)
+    if args.command in ("all", "report"):
+        pipeline.stage_report(config, out_dir, all_started=started if args.command == "all" else None)
+        print(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, FileNotFoundError) as error:
+        print(f"verify: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,168 @@
+"""The stages of `python -m verify`: theory -> empirics -> report, each reading what the last wrote.
+
+    DIR/config.json      resolved configuration (with the preset name)
+    DIR/theory.json      statuses and evidence of every statement, per normaliser
+    DIR/runs/<run_id>/   one training run each (empirics.runner)
+    DIR/checks/*.npz     per-row lhs, rhs, tolerance of every checked claim (drawn by figures.py)
+    DIR/results.json     the machine-readable contract; DIR/report.{md,html}, DIR/figures/
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from empirics.config import ExperimentConfig, run_specs, to_dict
+from empirics.runner import load_run, run_all, run_dir
+from empirics.train import resolve_device
+from theory.normalisers import REGISTRY
+from theory.statements import establish_all
+from verify import checks as checking
+from verify import training
+from verify.crosscheck import batchnorm_jacobian_agreement
+from verify.report import write_report
+
+SCHEMA = 1
+NETWORK_DTYPE = "float32"  # the dtype every model trains in; sets the checks' rounding tolerance
+
+
+def _write_json(path: Path, payload) -> None:
+    """Atomic write: a reader never sees a half-written file."""
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as file:
+        json.dump(payload, file, indent=1, allow_nan=False)
+    os.chmod(temp, 0o644)
+    os.replace(temp, path)
+
+
+def _record_timing(out_dir: Path, stage: str, seconds: float) -> None:
+    path = out_dir / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    timings[f"{stage}_s"] = seconds
+    _write_json(path, timings)
+
+
+def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "config.json", {"preset": preset, **to_dict(config)})
+
+
+def stage_theory(out_dir: Path, normalisers: tuple[str, ...] = ("batchnorm",)) -> dict:
+    """Derive and establish every statement; cross-check the BN Jacobian against torch."""
+    started = time.perf_counter()
+    theory = {name: {cid: r.as_dict() for cid, r in establish_all(REGISTRY[name]).items()} for name in normalisers}
+    if "batchnorm" in theory:
+        theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = batchnorm_jacobian_agreement()
+    _write_json(out_dir / "theory.json", theory)
+    _record_timing(out_dir, "theory", time.perf_counter() - started)
+    return theory
+
+
+def stage_empirics(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> list[Path]:
+    started = time.perf_counter()
+    directories = run_all(config, out_dir, progress=progress)
+    _record_timing(out_dir, "empirics", time.perf_counter() - started)
+    return directories
+
+
+def _git_revision() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(config: ExperimentConfig) -> dict:
+    import sympy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sympy": sympy.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "device": str(resolve_device(config.device)),
+        "dtype": NETWORK_DTYPE,
+        "seeds": [s + config.seed_offset for s in config.train.seeds],
+        "git_revision": _git_revision(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "num_threads": torch.get_num_threads(),
+    }
+
+
+def _check_claims(runs: list[dict], claims, model_name: str, out_dir: Path) -> list[dict]:
+    """Evaluate every claim on every run's captures; save per-row data; return per-(layer, lr) records."""
+    (out_dir / "checks").mkdir(exist_ok=True)
+    records = []
+    for claim in claims:
+        tables = []
+        for run in runs:
+            rows = run["captures"]
+            if len(rows.get("lhs", ())) == 0:
+                continue
+            evaluated = checking.check_rows(claim, rows, NETWORK_DTYPE)
+            tables.append({"run_id": np.full(len(rows["lhs"]), run["spec"]["run_id"]),
+                           "lr": np.full(len(rows["lhs"]), run["spec"]["lr"], dtype=np.float64),
+                           "layer": rows["layer"], "channel": rows["channel"], "step": rows["step"],
+                           **evaluated})
+        if not tables:
+            continue
+        table = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
+        np.savez(out_dir / "checks" / f"{claim.normaliser}__{claim.id}.npz",
+                 **{key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol")})
+        for lr in sorted(set(table["lr"].tolist())):
+            for layer in sorted(set(table["layer"].tolist())):
+                selected = (table["lr"] == lr) & (table["layer"] == layer)
+                summary = checking.summarise({key: table[key][selected] for key in ("lhs", "rhs", "held", "violated")})
+                records.append({"claim": claim.id, "normaliser": claim.normaliser, "model": model_name,
+                                "layer": int(layer), "lr": lr, **summary, "tolerance": claim.tolerance_reason})
+    return records
+
+
+def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | None = None) -> dict:
+    """Check the claims on the runs of `config`, write results.json, the figures and the report.
+
+    `all_started` (a perf_counter value) is given by `verify all`: total_s is then measured up to the
+    writing of results.json (drawing and rendering the report, a few seconds, come after).
+    """
+    started = time.perf_counter()
+    theory_path = out_dir / "theory.json"
+    if not theory_path.exists():
+        raise FileNotFoundError(f"{theory_path} is missing; run `python -m verify theory --out {out_dir}` first")
+    theory = json.loads(theory_path.read_text())
+    runs = [load_run(run_dir(out_dir, spec.run_id)) for spec in run_specs(config)]
+    check_records = _check_claims(runs, checking.default_claims(), config.model.name, out_dir)
+    for record in check_records:
+        record["status"] = theory.get(record["normaliser"], {}).get(record["claim"], {}).get("status")
+    run_records = [training.run_record(run) for run in runs]
+    timings_path = out_dir / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    timings["checks_s"] = time.perf_counter() - started
+    if all_started is not None:
+        timings["total_s"] = time.perf_counter() - all_started
+    results = {
+        "schema": SCHEMA,
+        "config": json.loads((out_dir / "config.json").read_text()),
+        "environment": environment(config),
+        "theory": theory,
+        "checks": check_records,
+        "training": run_records,
+        "training_summary": training.summarise(run_records),
+        "timings": timings,
+    }
+    _write_json(out_dir / "results.json", results)
+    write_report(out_dir)
+    _record_timing(out_dir, "report", time.perf_counter() - started)
+    return results
+
