@@ -1,0 +1,91 @@
+"""Named Hypothesis strategies for the theory tests: float64 batches, upstream gradients, eps, gamma.
+
+A batch is one normalisation group y in R^m (shape (m,)): offset + scale * z with z in [-1, 1]^m.
+Scale and offset magnitudes are drawn log-uniformly over 1e-3 .. 1e3, so one run covers tiny and
+huge values and batches whose mean dwarfs their spread (offset 1e3, scale 1e-3: the centring is
+then ill-conditioned, kappa ~ 1e6, which `tests.tolerances` accounts for). Non-constant batches
+always contain z = -1 and z = +1, so their spread is at least 2 * scale and sigma > 0 at eps = 0.
+Constant batches (a dead or saturated channel: var = 0) are only meaningful with eps > 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+MAX_BATCH = 32  # largest m drawn; conv channels have larger groups but the algebra is the same for all m
+SCALE_DECADES = (-3.0, 3.0)  # batch spread and offset magnitude: 1e-3 .. 1e3
+GRAD_DECADES = (-3.0, 3.0)  # upstream gradient magnitude: 1e-3 .. 1e3
+EPS_DECADES = (-12.0, 0.0)  # positive eps: 1e-12 .. 1
+GAMMA_DECADES = (-6.0, 6.0)  # |gamma|: 1e-6 .. 1e6
+
+
+def _log_uniform(decades: tuple[float, float]) -> st.SearchStrategy[float]:
+    low, high = decades
+    return st.floats(low, high).map(lambda exponent: float(10.0**exponent))
+
+
+def _signed(magnitudes: st.SearchStrategy[float]) -> st.SearchStrategy[float]:
+    return st.tuples(st.sampled_from((1.0, -1.0)), magnitudes).map(lambda pair: pair[0] * pair[1])
+
+
+def _unit_interval_values(size: int) -> st.SearchStrategy[list[float]]:
+    return st.lists(st.floats(-1.0, 1.0), min_size=size, max_size=size)
+
+
+def offsets() -> st.SearchStrategy[float]:
+    """Batch means: 0, or +-1e-3 .. +-1e3."""
+    return st.one_of(st.just(0.0), _signed(_log_uniform(SCALE_DECADES)))
+
+
+@st.composite
+def spread_batches(draw, min_size: int = 2, max_size: int = MAX_BATCH) -> np.ndarray:
+    """Non-constant batches, shape (m,): offset + scale * z, z containing -1 and +1."""
+    if min_size < 2:
+        raise ValueError(f"a non-constant batch needs m >= 2, got min_size={min_size}; use constant_batches for m = 1")
+    size = draw(st.integers(min_size, max_size))
+    z = draw(st.permutations([-1.0, 1.0] + draw(_unit_interval_values(size - 2))))
+    scale = draw(_log_uniform(SCALE_DECADES))
+    return draw(offsets()) + scale * np.asarray(z, dtype=np.float64)
+
+
+@st.composite
+def constant_batches(draw, min_size: int = 2, max_size: int = MAX_BATCH) -> np.ndarray:
+    """All m values equal (var = 0): a dead or saturated channel; only defined with eps > 0."""
+    size = draw(st.integers(min_size, max_size))
+    return np.full(size, draw(offsets()), dtype=np.float64)
+
+
+def batches(min_size: int = 2, max_size: int = MAX_BATCH, *, allow_constant: bool = False) -> st.SearchStrategy:
+    """float64 batches of shape (m,), min_size <= m <= max_size; constant ones too if allow_constant."""
+    spread = spread_batches(min_size, max_size)
+    return st.one_of(spread, constant_batches(min_size, max_size)) if allow_constant else spread
+
+
+@st.composite
+def upstream_grads(draw, size: int) -> np.ndarray:
+    """g = dL/dz for one group, shape (size,): entries in [-1, 1] times a scale 1e-3 .. 1e3."""
+    z = draw(_unit_interval_values(size))
+    return draw(_log_uniform(GRAD_DECADES)) * np.asarray(z, dtype=np.float64)
+
+
+@st.composite
+def batches_with_grads(draw, min_size: int = 2, max_size: int = MAX_BATCH, *, allow_constant: bool = False):
+    """(y, g), a batch and an upstream gradient of the same size."""
+    batch = draw(batches(min_size, max_size, allow_constant=allow_constant))
+    return batch, draw(upstream_grads(batch.shape[0]))
+
+
+def positive_eps() -> st.SearchStrategy[float]:
+    """eps > 0: tiny 1e-12, PyTorch's default 1e-5, large 1.0, and log-uniform in between."""
+    return st.one_of(st.sampled_from((1e-12, 1e-5, 1.0)), _log_uniform(EPS_DECADES))
+
+
+def nonnegative_eps() -> st.SearchStrategy[float]:
+    """eps >= 0: the paper's eps = 0 and every positive_eps()."""
+    return st.one_of(st.just(0.0), positive_eps())
+
+
+def gammas() -> st.SearchStrategy[float]:
+    """The affine scale: 1, negative, tiny 1e-6, huge 1e6, and signed log-uniform in between."""
+    return st.one_of(st.sampled_from((1.0, -1.0, 1e-6, 1e6, -1e6)), _signed(_log_uniform(GAMMA_DECADES)))
