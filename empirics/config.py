@@ -45,7 +45,7 @@ class ModelConfig:
     """1-D VGG-style net: blocks of (conv3 -> [norm] -> ReLU), max-pool after every second conv."""
 
     name: str = "vgg1d"
-    channels: tuple[int, ...] = (32, 32, 64, 64, 128, 128)
+    channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)  # ~15 ms per SGD step at batch 128 on one CPU core
     hidden: int = 256
 
 

@@ -23,6 +23,14 @@ from theory.derive import Derivation, derive
 from theory.normaliser import Normaliser, eps, g_hat, gamma, sigma
 
 G1, G2 = mixed_sum(0, 1), mixed_sum(0, 2)
+_LATEX_BY_NAME = {"G_1": r"\langle\mathbf{1},g\rangle", "G_2": r"\|g\|^2", "G_hat": r"\langle g,\hat{y}\rangle",
+                  "var": r"\mathrm{var}", "sigma": r"\sigma"}
+
+
+def to_latex(expr: sp.Expr) -> str:
+    """LaTeX with the invariants written as the paper writes them (<1,g>, ||g||^2, <g,yhat>)."""
+    names = {s: _LATEX_BY_NAME[s.name] for s in expr.free_symbols if s.name in _LATEX_BY_NAME}
+    return sp.latex(expr, symbol_names=names)
 CONCRETE_SIZES = tuple(range(2, 9))
 
 
@@ -100,6 +108,11 @@ ASSUMPTIONS = (r"m \ge 2", r"\epsilon \ge 0", r"\sigma_j = \sqrt{\mathrm{var}_j 
                r"\gamma \in \mathbb{R} \text{ constant}", r"g = \partial\hat{\mathcal{L}}/\partial z_j \text{ arbitrary}")
 
 
+def _inside_prefactor(expr: sp.Expr) -> sp.Expr:
+    """expr / (gamma^2/sigma^2), collected in <g,yhat>^2: the form in which the paper states thm4.1."""
+    return sp.collect(sp.expand(expr * sigma**2 / gamma**2), g_hat**2)
+
+
 def _concrete_evidence(derivation: Derivation) -> tuple[tuple[int, ...], str]:
     rows = [agreement_at_points(derivation, size) for size in CONCRETE_SIZES]
     good = tuple(r["m"] for r in rows if r["jacobian_agree"] == r["points"] == r["grad_sq_norm_agree"])
@@ -117,7 +130,7 @@ def establish_activation_bound(bound: ActivationBound, derivation: Derivation, c
     common = dict(
         claim=bound.claim_id, normaliser=normaliser.name, general_m=True, statement_latex=bound.latex(),
         source=bound.source, assumptions=ASSUMPTIONS, derived_latex=r"\|\nabla_{y_j}\hat{\mathcal{L}}\|^2 = "
-        + sp.latex(lhs), slack_latex=r"\mathrm{RHS}-\mathrm{LHS} = " + sp.latex(slack),
+        r"\frac{\gamma^2}{\sigma^2}\left(" + to_latex(_inside_prefactor(lhs)) + r"\right)", slack_latex=r"\mathrm{RHS}-\mathrm{LHS} = " + to_latex(slack),
         concrete_m_checked=concrete[0],
     )
     if slack.is_nonnegative:
@@ -155,7 +168,7 @@ def establish_gradient_formula(derivation: Derivation) -> ClaimResult:
                          r"\frac{\partial z_j}{\partial y_j} = \frac{\gamma}{\sigma_j}\left(I - \frac{\mathbf{1}"
                          r"\mathbf{1}^\top}{m} - \frac{\hat{y}_j\hat{y}_j^\top}{m}\right)"),
         assumptions=ASSUMPTIONS[:3],
-        derived_latex=r"\frac{\partial z_l}{\partial y_k} = " + sp.latex(derivation.jacobian),
+        derived_latex=r"\frac{\partial z_l}{\partial y_k} = " + to_latex(derivation.jacobian),
         slack_latex=rf"\text{{residuals: backward}} = {sp.latex(backward_residual)},\ "
                     rf"\text{{Jacobian}} = {sp.latex(jacobian_residual)}",
         equality="identity (exact for every epsilon >= 0, with sigma including epsilon)",
