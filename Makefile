@@ -29,3 +29,9 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
+
+# Maintainers: regenerate the committed default report and README's results block from it.
+.PHONY: readme
+readme: $(STAMP)
+	$(BIN)/python -m verify all --preset default --out reports/default
+	$(BIN)/python -m verify readme --out reports/default

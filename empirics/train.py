@@ -11,10 +11,7 @@ same m. Nothing reads or advances the global RNGs.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .capture import BoundCapture, concat_rows
+from .storage import strict_json, write_atomic, write_json
 from .config import ConfigError, Device, RunSpec, to_dict, validate
 from .data import load_mnist1d
 from .models import build_model, norm_layers
@@ -182,35 +180,6 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
     return TrainResult(model=model, history=history, captures=concat_rows(capture_chunks))
 
 
-def _strict_json(value):
-    """Replace non-finite floats by None, recursively, so the json is valid (allow_nan=False)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
-    return value
-
-
-def _write_atomic(path: Path, write) -> None:
-    """Call write(binary file) on a temp file in path's directory, then rename it over path."""
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(temp_name, path)
-    except BaseException:
-        os.unlink(temp_name)
-        raise
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    text = json.dumps(_strict_json(payload), indent=1, allow_nan=False)
-    _write_atomic(path, lambda file: file.write(text.encode()))
-
-
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
     """Train one run and write spec.json, history.json, captures.npz, then the `done` marker.
 
@@ -219,12 +188,12 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "done").unlink(missing_ok=True)  # a rerun is incomplete until it finishes
-    _write_json(
+    write_json(
         out_dir / "spec.json",
         {"run_id": spec.run_id, "norm": spec.norm.value, "lr": spec.lr, "seed": spec.seed, "config": to_dict(spec.config)},
     )
     result = train_model(spec, progress=progress)
-    _write_json(out_dir / "history.json", result.history)
-    _write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
-    _write_atomic(out_dir / "done", lambda file: None)
-    return _strict_json(result.history)
+    write_json(out_dir / "history.json", result.history)
+    write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
+    write_atomic(out_dir / "done", lambda file: None)
+    return strict_json(result.history)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, solve_moments, y
-from theory.normaliser import Normaliser, g_hat, sigma
+from theory.normaliser import Normaliser, g_hat
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ from pathlib import Path
 
 from empirics.config import PRESETS, ConfigError, Device, override, validate
 from verify import pipeline
+from verify.readme import update_readme
 
 COMMANDS = {
     "all": "derive, train, check and write the report (theory + empirics + report)",
     "theory": "derive every statement symbolically; write DIR/theory.json",
     "empirics": "train the networks of the preset, capturing bound quantities; write DIR/runs/",
     "report": "check the derived bounds on the captured runs; write DIR/results.json and DIR/report.{md,html}",
+    "readme": "rewrite README.md's generated results block from DIR/results.json",
 }
 
 
@@ -67,6 +69,9 @@ def resolve_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> None:
     config = resolve_config(args)
     out_dir = args.out if args.out is not None else Path("reports") / args.preset
+    if args.command == "readme":
+        update_readme(out_dir, Path(__file__).resolve().parent.parent / "README.md")
+        return
     started = time.perf_counter()
     pipeline.write_config(config, args.preset, out_dir)
     if args.command in ("all", "theory"):

@@ -10,10 +10,8 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 
 from empirics.config import ExperimentConfig, run_specs, to_dict
 from empirics.runner import load_run, run_all, run_dir
+from empirics.storage import write_atomic, write_json
 from empirics.train import resolve_device
 from theory.normalisers import REGISTRY
 from theory.statements import establish_all
@@ -34,25 +33,16 @@ SCHEMA = 1
 NETWORK_DTYPE = "float32"  # the dtype every model trains in; sets the checks' rounding tolerance
 
 
-def _write_json(path: Path, payload) -> None:
-    """Atomic write: a reader never sees a half-written file."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        json.dump(payload, file, indent=1, allow_nan=False)
-    os.chmod(temp, 0o644)
-    os.replace(temp, path)
-
-
 def _record_timing(out_dir: Path, stage: str, seconds: float) -> None:
     path = out_dir / "timings.json"
     timings = json.loads(path.read_text()) if path.exists() else {}
     timings[f"{stage}_s"] = seconds
-    _write_json(path, timings)
+    write_json(path, timings)
 
 
 def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "config.json", {"preset": preset, **to_dict(config)})
+    write_json(out_dir / "config.json", {"preset": preset, **to_dict(config)})
 
 
 def stage_theory(out_dir: Path, normalisers: tuple[str, ...] = ("batchnorm",)) -> dict:
@@ -61,7 +51,7 @@ def stage_theory(out_dir: Path, normalisers: tuple[str, ...] = ("batchnorm",)) -
     theory = {name: {cid: r.as_dict() for cid, r in establish_all(REGISTRY[name]).items()} for name in normalisers}
     if "batchnorm" in theory:
         theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = batchnorm_jacobian_agreement()
-    _write_json(out_dir / "theory.json", theory)
+    write_json(out_dir / "theory.json", theory)
     _record_timing(out_dir, "theory", time.perf_counter() - started)
     return theory
 
@@ -119,8 +109,8 @@ def _check_claims(runs: list[dict], claims, model_name: str, out_dir: Path) -> l
         if not tables:
             continue
         table = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
-        np.savez(out_dir / "checks" / f"{claim.normaliser}__{claim.id}.npz",
-                 **{key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol")})
+        columns = {key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol")}
+        write_atomic(out_dir / "checks" / f"{claim.normaliser}__{claim.id}.npz", lambda file: np.savez(file, **columns))
         for lr in sorted(set(table["lr"].tolist())):
             for layer in sorted(set(table["layer"].tolist())):
                 selected = (table["lr"] == lr) & (table["layer"] == layer)
@@ -161,7 +151,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         "training_summary": training.summarise(run_records),
         "timings": timings,
     }
-    _write_json(out_dir / "results.json", results)
+    write_json(out_dir / "results.json", results)
     write_report(out_dir)
     _record_timing(out_dir, "report", time.perf_counter() - started)
     return results

@@ -1,336 +1,42 @@
-"""The verification report: one document model, rendered to Markdown and to self-contained HTML.
+"""The verification report: the sections built from results.json, rendered by `verify.document`.
 
 `write_report(DIR)` reads `DIR/results.json`, draws the figures (`verify.figures`), builds one list
-of blocks and renders it twice, so `report.md` and `report.html` cannot drift apart. The HTML page
-needs nothing outside itself: CSS inline, figures as base64 PNG data URIs, LaTeX drawn offline by
-matplotlib's mathtext (shown as source where mathtext cannot parse it).
+of blocks and renders it to `report.md` and to a self-contained `report.html`.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
-import html
-import io
 import json
 import math
-import re
 import statistics
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib import mathtext
-from matplotlib.font_manager import FontProperties
-
 from verify import figures
-
-TITLE = "Verification report: How Does Batch Normalization Help Optimization?"
-
-# ---------------------------------------------------------------- number formatting
-
-
-def fmt_count(value) -> str:
-    return "—" if value is None else f"{int(value):,}"
-
-
-fmt_ratio = figures.format_ratio  # one formatting for figures and tables
-
-
-def fmt_accuracy(mean, std=None) -> str:
-    if mean is None:
-        return "—"
-    return f"{100 * mean:.1f}%" if std is None else f"{100 * mean:.1f} ± {100 * std:.1f}%"
-
-
-def fmt_value(value) -> str:
-    """Any JSON value as one line of text."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, list):
-        return "[" + ", ".join(fmt_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return json.dumps(value, sort_keys=True)
-    return str(value)
-
-
-# ---------------------------------------------------------------- document model
-
-@dataclass(frozen=True)
-class Text:
-    text: str
-
-
-@dataclass(frozen=True)
-class Code:
-    text: str
-
-
-@dataclass(frozen=True)
-class Strong:
-    text: str
-
-
-@dataclass(frozen=True)
-class Math:
-    latex: str
-
-
-@dataclass(frozen=True)
-class Status:
-    """A verdict ('proved', 'refuted', ...), coloured in HTML."""
-
-    status: str
-
-
-@dataclass(frozen=True)
-class Link:
-    text: str
-    target: str
-
-
-Inline = Text | Code | Strong | Math | Status | Link
-
-
-def parts(*items) -> tuple[Inline, ...]:
-    """Inline runs; bare strings become Text."""
-    return tuple(Text(item) if isinstance(item, str) else item for item in items)
-
-
-@dataclass(frozen=True)
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass(frozen=True)
-class Paragraph:
-    parts: tuple[Inline, ...]
-
-
-@dataclass(frozen=True)
-class Bullets:
-    items: tuple[tuple[Inline, ...], ...]
-
-
-@dataclass(frozen=True)
-class Table:
-    header: tuple[str, ...]
-    rows: tuple[tuple[tuple[Inline, ...], ...], ...]
-    numeric: tuple[bool, ...]  # right-aligned columns
-
-
-@dataclass(frozen=True)
-class DisplayMath:
-    latex: str
-
-
-@dataclass(frozen=True)
-class Alert:
-    parts: tuple[Inline, ...]
-
-
-@dataclass(frozen=True)
-class FigureBlock:
-    path: str  # relative to DIR, posix
-    caption: str
-
-
-@dataclass(frozen=True)
-class CodeBlock:
-    text: str
-
-
-Block = Heading | Paragraph | Bullets | Table | DisplayMath | Alert | FigureBlock | CodeBlock
-
-
-def table(header: list[str], rows: list[list], numeric: list[bool] | None = None) -> Table:
-    cell = lambda c: parts(c) if isinstance(c, (str, Text, Code, Strong, Math, Status, Link)) else parts(*c)
-    return Table(tuple(header), tuple(tuple(cell(c) for c in row) for row in rows),
-                 tuple(numeric or [False] * len(header)))
-
-
-def slug(text: str) -> str:
-    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
-    return re.sub(r"[^\w\- ]", "", text.lower()).replace(" ", "-")
-
-
-# ---------------------------------------------------------------- Markdown rendering
-
-_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>$|])")
-
-
-def _md_text(text: str) -> str:
-    return _MD_SPECIAL.sub(r"\\\1", text.replace("\n", " "))
-
-
-def _md_inline(items: tuple[Inline, ...], in_table: bool = False) -> str:
-    out = []
-    for item in items:
-        if isinstance(item, Text):
-            out.append(_md_text(item.text))
-        elif isinstance(item, Code):
-            text = item.text.replace("\n", " ")
-            text = text.replace("|", "\\|") if in_table else text  # GFM splits cells before code spans
-            fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
-            out.append(f"{fence} {text} {fence}" if "`" in text else f"`{text}`")
-        elif isinstance(item, (Strong, Status)):
-            out.append(f"**{_md_text(item.text if isinstance(item, Strong) else item.status)}**")
-        elif isinstance(item, Math):
-            out.append(f"${item.latex}$")
-        elif isinstance(item, Link):
-            out.append(f"[{_md_text(item.text)}]({item.target})")
-    return "".join(out)
-
-
-def render_markdown(blocks: list[Block]) -> str:
-    out = []
-    for block in blocks:
-        if isinstance(block, Heading):
-            out.append(f"{'#' * block.level} {_md_text(block.text)}")
-        elif isinstance(block, Paragraph):
-            out.append(_md_inline(block.parts))
-        elif isinstance(block, Bullets):
-            out.append("\n".join(f"- {_md_inline(item)}" for item in block.items))
-        elif isinstance(block, Table):
-            lines = ["| " + " | ".join(_md_text(h) for h in block.header) + " |",
-                     "|" + "|".join("---:" if n else "---" for n in block.numeric) + "|"]
-            lines += ["| " + " | ".join(_md_inline(c, in_table=True) for c in row) + " |" for row in block.rows]
-            out.append("\n".join(lines))
-        elif isinstance(block, DisplayMath):
-            out.append(f"$$\n{block.latex}\n$$")
-        elif isinstance(block, Alert):
-            out.append(f"> [!CAUTION]\n> {_md_inline(block.parts)}")
-        elif isinstance(block, FigureBlock):
-            alt = _md_text(Path(block.path).stem)  # the caption follows; an alt of the same words is noise
-            out.append(f"![{alt}]({block.path})\n\n*{_md_text(block.caption)}*")
-        elif isinstance(block, CodeBlock):
-            out.append(f"```\n{block.text}\n```")
-    return "\n\n".join(out) + "\n"
-
-
-# ---------------------------------------------------------------- HTML rendering
-
-# Spellings mathtext lacks, rewritten to ones it has (same meaning).
-_MATHTEXT_REWRITES = ((r"\\le(?![A-Za-z])", r"\\leq"), (r"\\ge(?![A-Za-z])", r"\\geq"),
-                      (r"\\ne(?![A-Za-z])", r"\\neq"), (r"\\[lr]Vert(?![A-Za-z])", r"\\Vert"),
-                      (r"\\tfrac(?![A-Za-z])", r"\\frac"))
-
-
-@functools.lru_cache(maxsize=None)
-def mathtext_svg(latex: str, size: float) -> str | None:
-    """Base64 SVG of `latex` drawn by mathtext, or None where mathtext cannot draw it faithfully."""
-    source = latex.strip()
-    if not source:
-        return None
-    for pattern, replacement in _MATHTEXT_REWRITES:
-        source = re.sub(pattern, replacement, source)
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")  # a missing glyph only warns; its box would misstate the formula
-            mathtext.math_to_image(f"${source}$", buffer, prop=FontProperties(size=size), format="svg")
-    except Exception:  # parse errors are ValueError, unsupported constructs vary; the source is shown instead
-        return None
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _html_math(latex: str, display: bool) -> str:
-    svg = mathtext_svg(latex, 16.0 if display else 12.0)
-    if svg is None:
-        source = html.escape(latex)
-        return (f'<pre class="latex" title="LaTeX source (mathtext cannot draw it)"><code>{source}</code></pre>'
-                if display else f'<code class="latex" title="LaTeX source">{source}</code>')
-    img = f'<img class="math" alt="{html.escape(latex)}" title="{html.escape(latex)}" src="data:image/svg+xml;base64,{svg}">'
-    return f'<div class="display-math">{img}</div>' if display else img
-
-
-def _html_inline(items: tuple[Inline, ...]) -> str:
-    out = []
-    for item in items:
-        if isinstance(item, Text):
-            out.append(html.escape(item.text))
-        elif isinstance(item, Code):
-            out.append(f"<code>{html.escape(item.text)}</code>")
-        elif isinstance(item, Strong):
-            out.append(f"<strong>{html.escape(item.text)}</strong>")
-        elif isinstance(item, Status):
-            kind = re.sub(r"[^a-z0-9-]", "", item.status.lower())
-            out.append(f'<span class="status status-{kind}">{html.escape(item.status)}</span>')
-        elif isinstance(item, Math):
-            out.append(_html_math(item.latex, display=False))
-        elif isinstance(item, Link):
-            out.append(f'<a href="{html.escape(item.target)}">{html.escape(item.text)}</a>')
-    return "".join(out)
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:1150px;
- margin:2em auto;padding:0 1.2em;line-height:1.5;color:#1f2328;background:#fff}
-h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em}
-h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2.2em}
-h3{margin-top:1.8em}
-.table-wrap{overflow-x:auto;margin:.8em 0}
-table{border-collapse:collapse;font-size:.88em}
-th,td{border:1px solid #d0d7de;padding:.3em .65em;vertical-align:top}
-th{background:#f0f3f6;text-align:left}
-tbody tr:nth-child(even) td{background:#f8f9fa}
-td code{white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;background:#f3f4f6;
- padding:.05em .3em;border-radius:4px}
-pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;border-radius:6px}
-pre code{background:none;padding:0}
-.display-math{text-align:center;margin:.9em 0;overflow-x:auto}
-img.math{vertical-align:middle}
-figure{margin:1.4em 0;text-align:center}
-figure img{max-width:100%;height:auto;border:1px solid #e5e7eb}
-figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-align:left}
-.alert{border-left:6px solid #cf222e;background:#ffebe9;padding:.7em 1em;margin:1em 0;font-weight:600;color:#82071e}
-.status{display:inline-block;padding:0 .55em;border-radius:1em;font-weight:600;font-size:.9em;background:#eaeef2}
-.status-proved,.status-holds,.status-pass{background:#dafbe1;color:#116329}
-.status-refuted,.status-violated,.status-fail{background:#ffebe9;color:#a40e26}
-"""
-
-
-def render_html(blocks: list[Block], out_dir: Path) -> str:
-    body, seen = [], {}
-    for block in blocks:
-        if isinstance(block, Heading):
-            anchor = slug(block.text)
-            seen[anchor] = seen.get(anchor, -1) + 1  # repeated headings get -1, -2, ... as on GitHub
-            anchor += f"-{seen[anchor]}" if seen[anchor] else ""
-            body.append(f'<h{block.level} id="{anchor}">{html.escape(block.text)}</h{block.level}>')
-        elif isinstance(block, Paragraph):
-            body.append(f"<p>{_html_inline(block.parts)}</p>")
-        elif isinstance(block, Bullets):
-            body.append("<ul>" + "".join(f"<li>{_html_inline(i)}</li>" for i in block.items) + "</ul>")
-        elif isinstance(block, Table):
-            cls = lambda numeric: ' class="num"' if numeric else ""
-            head = "".join(f"<th{cls(n)}>{html.escape(h)}</th>" for h, n in zip(block.header, block.numeric))
-            rows = "".join("<tr>" + "".join(f"<td{cls(n)}>{_html_inline(c)}</td>" for c, n in zip(row, block.numeric))
-                           + "</tr>" for row in block.rows)
-            body.append(f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
-        elif isinstance(block, DisplayMath):
-            body.append(_html_math(block.latex, display=True))
-        elif isinstance(block, Alert):
-            body.append(f'<div class="alert" role="alert">{_html_inline(block.parts)}</div>')
-        elif isinstance(block, FigureBlock):
-            data = base64.b64encode((out_dir / block.path).read_bytes()).decode("ascii")
-            caption = html.escape(block.caption)
-            body.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{caption}</figcaption></figure>")
-        elif isinstance(block, CodeBlock):
-            body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
-    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(TITLE)}</title><style>{_CSS}</style></head>\n<body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
-
+from verify.document import (
+    Alert,
+    Block,
+    Bullets,
+    Code,
+    CodeBlock,
+    DisplayMath,
+    FigureBlock,
+    Heading,
+    Math,
+    Paragraph,
+    Status,
+    Strong,
+    TITLE,
+    Table,
+    Text,
+    fmt_accuracy,
+    fmt_count,
+    fmt_ratio,
+    fmt_value,
+    parts,
+    render_html,
+    render_markdown,
+    table,
+)
 
 # ---------------------------------------------------------------- reading results.json
 

@@ -1,0 +1,66 @@
+"""Rewrite the generated block of README.md from a results.json, so its figures come from a command.
+
+    python -m verify readme --out reports/default
+
+replaces everything between the `<!-- results:start -->` and `<!-- results:end -->` markers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from empirics.storage import write_atomic
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _ratio(value) -> str:
+    if value is None:
+        return "—"
+    return f"1 {'+' if value >= 1 else '−'} {abs(value - 1):.2e}" if abs(value - 1) < 1e-3 else f"{value:.4g}"
+
+
+def results_block(results: dict, out_dir: str) -> str:
+    lines = [START, "", f"Produced by `python -m verify all --preset {results['config'].get('preset', '?')} "
+             f"--out {out_dir}` at revision `{results['environment']['git_revision']}` "
+             f"({results['environment']['device']}, torch {results['environment']['torch']}); "
+             f"end-to-end {results['timings'].get('total_s', float('nan')):.0f} s on this machine.", "",
+             "| normaliser | claim | symbolic status | general m | checked rows | violations | worst LHS/RHS "
+             "| median LHS/RHS |", "|---|---|---|---|---:|---:|---:|---:|"]
+    for normaliser, claims in results["theory"].items():
+        for claim, record in claims.items():
+            rows = [c for c in results["checks"] if c["normaliser"] == normaliser and c["claim"] == claim]
+            checked = sum(c["n_checked"] for c in rows)
+            violations = sum(c["n_violations"] for c in rows)
+            worst = max((c["worst_ratio"] for c in rows if c["worst_ratio"] is not None), default=None)
+            medians = sorted(c["median_ratio"] for c in rows if c["median_ratio"] is not None)
+            median = medians[len(medians) // 2] if medians else None
+            measured = (f"{checked:,} | {violations:,} | {_ratio(worst)} | {_ratio(median)}" if rows
+                        else "— | — | — | —")
+            lines.append(f"| {normaliser} | `{claim}` | **{record['status']}** | "
+                         f"{'yes' if record['general_m'] else 'no'} | {measured} |")
+    lines += ["", "Training (mnist1d, plain SGD, batch "
+              f"{results['config']['train']['batch_size']}, {results['config']['train']['steps']} steps; "
+              f"steps to {results['training_summary']['threshold']:.0%} "
+              f"{results['training_summary']['metric']}):", "",
+              "| lr | norm | seeds | steps to threshold (mean) | final train acc | final test acc | diverged |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
+    for row in results["training_summary"]["rows"]:
+        steps = f"{row['steps_to_threshold_mean']:.0f}" if row["steps_to_threshold_mean"] is not None else "never"
+        lines.append(f"| {row['lr']:g} | {row['norm']} | {row['n_seeds']} | {steps} ({row['n_reached']}/"
+                     f"{row['n_seeds']} reached) | {row['final_train_acc_mean']:.3f} ± {row['final_train_acc_std']:.3f} "
+                     f"| {row['final_test_acc_mean']:.3f} ± {row['final_test_acc_std']:.3f} | {row['n_diverged']} |")
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def update_readme(out_dir: Path, readme: Path) -> None:
+    results = json.loads((out_dir / "results.json").read_text())
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise FileNotFoundError(f"{readme} has no {START} ... {END} block; add the two markers where results go")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new_text = head + results_block(results, str(out_dir)) + tail
+    write_atomic(readme, lambda file: file.write(new_text.encode()))
