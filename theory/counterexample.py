@@ -14,7 +14,12 @@ from dataclasses import dataclass
 import sympy as sp
 
 from theory.batch_algebra import g, m, y
-from theory.concrete import batch_symbols, concrete_jacobian, grad_invariants_at, grad_symbols
+from theory.concrete import (
+    batch_symbols,
+    concrete_jacobian,
+    grad_invariants_at,
+    grad_symbols,
+)
 from theory.derive import Derivation
 from theory.normaliser import eps, gamma
 

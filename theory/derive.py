@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, solve_moments, y
+from theory.cache import cached
 from theory.normaliser import Normaliser, g_hat
 
 
@@ -48,9 +49,13 @@ def _sum_over(expr: sp.Expr, index: sp.Symbol) -> sp.Expr:
 def derive(normaliser: Normaliser) -> Derivation:
     """Derive the Jacobian and gradient-norm closed form of `normaliser` for symbolic batch size m.
 
-    Raises `batch_algebra.NoClosedForm` when a statistic is not polynomial in the batch (l1, l-inf):
-    callers then derive for concrete m only.
+    Cached on disk (`theory.cache`). Raises `batch_algebra.NoClosedForm` when a statistic is not
+    polynomial in the batch (l1, l-inf): callers then derive for concrete m only.
     """
+    return Derivation(normaliser, *cached("derivation", normaliser, lambda: _derive_expressions(normaliser)))
+
+
+def _derive_expressions(normaliser: Normaliser) -> tuple:
     moments = solve_moments(list(normaliser.statistics))
     statistics_in_moments = {s: sp.expand(reduce_sums(d)) for s, d in normaliser.statistics}
     for symbol in list(statistics_in_moments):  # earlier statistics inside later ones, as moments
@@ -69,5 +74,5 @@ def derive(normaliser: Normaliser) -> Derivation:
     backward = sp.simplify(backward.subs(g_dot_y, g_dot_y_in_hat))
     grad_sq_norm = reduced(_sum_over(backward.subs(k, l) ** 2, l))
     grad_sq_norm = sp.simplify(grad_sq_norm.subs(g_dot_y, g_dot_y_in_hat))
-    return Derivation(normaliser, moments, statistics_in_moments, jacobian, backward, grad_sq_norm)
+    return moments, statistics_in_moments, jacobian, backward, grad_sq_norm
 

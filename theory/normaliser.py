@@ -35,6 +35,7 @@ class Normaliser:
     hat: Callable[[sp.Expr], sp.Expr]  # one sample -> its normalised value, in the statistics' symbols
     scale: sp.Expr  # the normalising scale in the statistics' symbols (presented as sigma)
     scale_of_sigma: dict  # substitution expressing the statistics through sigma (e.g. var -> sigma^2 - eps)
+    paper_form: bool = False  # centre and divide by the batch std: the paper's typed statements apply
 
     def inline(self, expr: sp.Expr) -> sp.Expr:
         """expr with every statistic replaced by its defining batch sum (so diff sees through it)."""

@@ -14,11 +14,11 @@ import functools
 import numpy as np
 import sympy as sp
 
+from theory.activation_bound import bound_expressions
 from theory.batch_algebra import k, l, m, mixed_sum, y
 from theory.derive import derive
 from theory.normaliser import eps, g_hat, gamma, sigma
 from theory.normalisers import REGISTRY
-from theory.statements import ACTIVATION_BOUNDS
 
 _G1, _G2 = mixed_sum(0, 1), mixed_sum(0, 2)
 _INVARIANT_ARGS = (_G2, _G1, g_hat, m, gamma, sigma, eps)
@@ -38,12 +38,12 @@ def grad_sq_norm(normaliser: str):
 
 
 @functools.cache
-def activation_bound(claim_id: str):
-    """f(g_sq, g_sum, g_yhat, m, gamma, sigma) = the right side of thm4.1 (or a variant)."""
-    bounds = {b.claim_id: b for b in ACTIVATION_BOUNDS}
+def activation_bound(claim_id: str, normaliser: str = "batchnorm"):
+    """f(g_sq, g_sum, g_yhat, m, gamma, sigma) = the right side of thm4.1 (or a variant) for `normaliser`."""
+    bounds = bound_expressions(derive(_normaliser(normaliser)))
     if claim_id not in bounds:
-        raise KeyError(f"unknown activation bound {claim_id!r}; known: {', '.join(bounds)}")
-    return sp.lambdify(_INVARIANT_ARGS[:-1], bounds[claim_id].rhs(), "numpy")
+        raise KeyError(f"no activation bound {claim_id!r} for {normaliser}; known: {', '.join(bounds)}")
+    return sp.lambdify(_INVARIANT_ARGS[:-1], bounds[claim_id], "numpy")
 
 
 @functools.cache

@@ -26,4 +26,5 @@ BATCHNORM = Normaliser(
     hat=lambda sample: (sample - mu) / sp.sqrt(var + eps),
     scale=sp.sqrt(var + eps),
     scale_of_sigma={var: sigma**2 - eps},
+    paper_form=True,
 )
