@@ -89,3 +89,19 @@ def nonnegative_eps() -> st.SearchStrategy[float]:
 def gammas() -> st.SearchStrategy[float]:
     """The affine scale: 1, negative, tiny 1e-6, huge 1e6, and signed log-uniform in between."""
     return st.one_of(st.sampled_from((1.0, -1.0, 1e-6, 1e6, -1e6)), _signed(_log_uniform(GAMMA_DECADES)))
+
+
+@st.composite
+def batches_with_eps(draw, min_size: int = 2, max_size: int = MAX_BATCH):
+    """(y, eps) with sigma = sqrt(var + eps) > 0: a non-constant batch with eps >= 0, or a constant one with eps > 0."""
+    constant = draw(st.booleans())
+    if constant:
+        return draw(constant_batches(min_size, max_size)), draw(positive_eps())
+    return draw(spread_batches(min_size, max_size)), draw(nonnegative_eps())
+
+
+@st.composite
+def batches_with_grads_and_eps(draw, min_size: int = 2, max_size: int = MAX_BATCH):
+    """(y, g, eps) with sigma > 0, as `batches_with_eps`, and an upstream gradient of the same size."""
+    batch, eps = draw(batches_with_eps(min_size, max_size))
+    return batch, draw(upstream_grads(batch.shape[0])), eps

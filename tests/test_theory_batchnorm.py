@@ -20,10 +20,20 @@ from theory.derive import derive
 from theory.normaliser import eps, g_hat, gamma, sigma
 from theory.normalisers import BATCHNORM
 from theory.normalisers.batchnorm import mu, var
-from theory.statements import ACTIVATION_BOUNDS, CONCRETE_SIZES, Status, establish_all
+from theory.statements import CONCRETE_SIZES, Status, establish_all
 
 G1, G2 = mixed_sum(0, 1), mixed_sum(0, 2)  # <1, g>, ||g||^2
-BOUNDS = {bound.claim_id: bound for bound in ACTIVATION_BOUNDS}
+
+
+def _paper_bound(c: sp.Expr) -> sp.Expr:
+    """thm4.1 as the paper types it: (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - c <g,yhat>^2).
+
+    Typed here, not imported, so these tests check the paper's statement and not a restatement.
+    """
+    return gamma**2 / sigma**2 * (G2 - G1**2 / m - c * g_hat**2)
+
+
+BOUNDS = {"thm4.1": _paper_bound(1 / m), "thm4.1-printed": _paper_bound(1 / sp.sqrt(m))}  # appendix; main text
 
 
 @pytest.fixture(scope="module")
@@ -92,19 +102,19 @@ def test_batchnorm_grad_sq_norm_is_thm41_rhs_minus_eps_slack_for_symbolic_m(deri
 
 
 def test_thm41_slack_is_nonnegative_for_symbolic_m(derivation):
-    slack = sp.simplify(BOUNDS["thm4.1"].rhs() - derivation.in_sigma(derivation.grad_sq_norm))
+    slack = sp.simplify(BOUNDS["thm4.1"] - derivation.in_sigma(derivation.grad_sq_norm))
     assert slack.is_nonnegative is True, f"RHS - LHS = {slack} is not shown nonnegative under the assumptions"
 
 
 def test_batchnorm_grad_identity_is_exact_at_zero_eps(derivation):
     """At eps = 0 thm4.1 (c = 1/m) is an identity: the slack simplifies to exactly 0 for every g."""
-    slack = BOUNDS["thm4.1"].rhs() - derivation.in_sigma(derivation.grad_sq_norm)
+    slack = BOUNDS["thm4.1"] - derivation.in_sigma(derivation.grad_sq_norm)
     assert sp.simplify(slack.subs(eps, 0)) == 0
 
 
 def test_printed_thm41_fails_by_exactly_the_missing_yhat_term_at_zero_eps(derivation):
     """At eps = 0, RHS_printed - LHS = -(gamma^2/sigma^2) <g,yhat>^2 (1/sqrt(m) - 1/m): < 0 whenever m >= 2, <g,yhat> != 0."""
-    slack = BOUNDS["thm4.1-printed"].rhs() - derivation.in_sigma(derivation.grad_sq_norm)
+    slack = BOUNDS["thm4.1-printed"] - derivation.in_sigma(derivation.grad_sq_norm)
     expected = -gamma**2 / sigma**2 * g_hat**2 * (1 / sp.sqrt(m) - 1 / m)
     assert sp.simplify(slack.subs(eps, 0) - expected) == 0
     for size in (2, 3, 4, 16, 64):
@@ -218,7 +228,7 @@ def test_concrete_m_route_agrees_with_symbolic_m_at_every_exact_point(derivation
 
 def test_thm41_slack_is_negative_for_negative_eps_when_g_has_a_yhat_component(derivation):
     """Drop eps >= 0 (keep sigma^2 = var + eps > 0): the slack gamma^2 <g,yhat>^2 eps/(m sigma^4) turns negative."""
-    slack = sp.simplify(BOUNDS["thm4.1"].rhs() - derivation.in_sigma(derivation.grad_sq_norm))
+    slack = sp.simplify(BOUNDS["thm4.1"] - derivation.in_sigma(derivation.grad_sq_norm))
     delta = sp.Symbol("delta", positive=True)
     g_hat_nonzero = sp.Symbol("G_hat_nz", real=True, nonzero=True)
     gamma_nonzero = sp.Symbol("gamma_nz", real=True, nonzero=True)
@@ -228,7 +238,7 @@ def test_thm41_slack_is_negative_for_negative_eps_when_g_has_a_yhat_component(de
 
 def test_counterexample_search_refutes_thm41_when_eps_is_negative(derivation):
     """The exact search, given eps = -1/8 at m = 2 (every candidate has var >= 1/4, so sigma^2 >= 1/8 > 0), finds a violation."""
-    rhs = BOUNDS["thm4.1"].rhs().subs(sigma, BATCHNORM.scale)
+    rhs = BOUNDS["thm4.1"].subs(sigma, BATCHNORM.scale)
     found = search_counterexample(derivation, rhs, sizes=(2,), epsilon=sp.Rational(-1, 8))
     assert found is not None, "no counterexample to thm4.1 with eps = -1/8"
     batch, grad = [sp.Rational(v) for v in found.y], [sp.Rational(v) for v in found.g]
@@ -240,7 +250,7 @@ def test_counterexample_search_refutes_thm41_when_eps_is_negative(derivation):
 
 def test_search_finds_no_thm41_violation_for_positive_eps(derivation):
     """Control for the test above: the same search with eps = +1/8 finds nothing (the bound is sound there)."""
-    rhs = BOUNDS["thm4.1"].rhs().subs(sigma, BATCHNORM.scale)
+    rhs = BOUNDS["thm4.1"].subs(sigma, BATCHNORM.scale)
     assert search_counterexample(derivation, rhs, sizes=(2,), epsilon=sp.Rational(1, 8)) is None
 
 
@@ -262,5 +272,5 @@ def test_single_sample_batch_has_zero_jacobian_so_both_thm41_variants_hold_trivi
     g1 = sp.Symbol("g1", real=True)
     at_one = {m: 1, G1: g1, G2: g1**2, g_hat: 0, sigma: sp.sqrt(positive_eps)}
     for claim_id in ("thm4.1", "thm4.1-printed"):
-        assert sp.simplify(BOUNDS[claim_id].rhs().subs(at_one)) == 0, claim_id
-    assert sp.simplify((BOUNDS["thm4.1"].rhs() - BOUNDS["thm4.1-printed"].rhs()).subs(m, 1)) == 0
+        assert sp.simplify(BOUNDS[claim_id].subs(at_one)) == 0, claim_id
+    assert sp.simplify((BOUNDS["thm4.1"] - BOUNDS["thm4.1-printed"]).subs(m, 1)) == 0
