@@ -37,4 +37,11 @@ def _selected_profile() -> str:
     return requested
 
 
-settings.load_profile(_selected_profile())
+PROFILE = _selected_profile()
+settings.load_profile(PROFILE)
+
+
+def pytest_report_header(config):
+    active = settings.default
+    return (f"hypothesis profile: {PROFILE} (max_examples={active.max_examples}, "
+            f"derandomize={active.derandomize}; set HYPOTHESIS_PROFILE to one of {', '.join(PROFILES)})")
