@@ -23,7 +23,7 @@ from theory.cache import cached
 from theory.normaliser import Normaliser, g_hat
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: hashable, a cache key for later derivations
 class Derivation:
     """Derived objects of one normaliser; expressions use the statistics' symbols unless noted."""
 
