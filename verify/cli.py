@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from empirics.config import PRESETS, ConfigError, Device, override, validate
+from theory.normalisers import REGISTRY
 from verify import pipeline
 from verify.readme import update_readme
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="offset added to every seed of the preset (default 0: the preset's own seeds)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.steps=200 --set train.lrs=0.1,0.5")
+    parser.add_argument("--norm", dest="norms", action="append", default=None, metavar="NAME",
+                        help="normaliser(s) to derive, repeatable (default: every registered one: "
+                             + ", ".join(sorted(REGISTRY)) + ")")
     parser.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
     return parser
 
@@ -66,6 +70,13 @@ def resolve_config(args: argparse.Namespace):
     return validate(config)
 
 
+def _normalisers(names: list[str] | None) -> tuple[str, ...] | None:
+    unknown = sorted(set(names or ()) - set(REGISTRY))
+    if unknown:
+        raise ConfigError(f"unknown normaliser(s) {', '.join(unknown)}; known: {', '.join(sorted(REGISTRY))}")
+    return tuple(names) if names else None
+
+
 def run(args: argparse.Namespace) -> None:
     config = resolve_config(args)
     out_dir = args.out if args.out is not None else Path("reports") / args.preset
@@ -75,7 +86,7 @@ def run(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     pipeline.write_config(config, args.preset, out_dir)
     if args.command in ("all", "theory"):
-        pipeline.stage_theory(out_dir)
+        pipeline.stage_theory(out_dir, _normalisers(args.norms))
     if args.command in ("all", "empirics"):
         pipeline.stage_empirics(config, out_dir, progress=not args.no_progress)
     if args.command in ("all", "report"):

@@ -27,7 +27,7 @@ from theory.statements import establish_all
 from verify import checks as checking
 from verify import training
 from verify.crosscheck import batchnorm_jacobian_agreement
-from verify.report import write_report
+from verify.report import write_report, write_theory_report
 
 SCHEMA = 1
 NETWORK_DTYPE = "float32"  # the dtype every model trains in; sets the checks' rounding tolerance
@@ -45,13 +45,16 @@ def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
     write_json(out_dir / "config.json", {"preset": preset, **to_dict(config)})
 
 
-def stage_theory(out_dir: Path, normalisers: tuple[str, ...] = ("batchnorm",)) -> dict:
-    """Derive and establish every statement; cross-check the BN Jacobian against torch."""
+def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None) -> dict:
+    """Derive and establish every statement for `normalisers` (default: all registered); write
+    DIR/theory.json and DIR/theory.md; cross-check the BN Jacobian against torch."""
     started = time.perf_counter()
+    normalisers = tuple(REGISTRY) if normalisers is None else normalisers
     theory = {name: {cid: r.as_dict() for cid, r in establish_all(REGISTRY[name]).items()} for name in normalisers}
     if "batchnorm" in theory:
         theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = batchnorm_jacobian_agreement()
     write_json(out_dir / "theory.json", theory)
+    write_theory_report(out_dir)
     _record_timing(out_dir, "theory", time.perf_counter() - started)
     return theory
 

@@ -383,3 +383,15 @@ def write_report(out_dir: Path) -> dict[str, Path]:
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(render_html(blocks, out_dir), encoding="utf-8")
     return paths
+
+
+def write_theory_report(out_dir: Path) -> Path:
+    """DIR/theory.md from DIR/theory.json alone: every statement, status, derived form, counterexample."""
+    out_dir = Path(out_dir)
+    theory = json.loads((out_dir / "theory.json").read_text())
+    verdicts = _Verdicts({"theory": theory}, out_dir)
+    blocks = [Heading(1, "Theory: statements of Santurkar et al. (2018), derived and checked by SymPy")]
+    blocks += _summary_section(verdicts)[:2] + _theory_section(verdicts)
+    path = out_dir / "theory.md"
+    path.write_text(render_markdown(blocks), encoding="utf-8")
+    return path
