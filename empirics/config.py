@@ -71,6 +71,11 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     device: Device = Device.AUTO
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
+    threads: int = 1  # torch intra-op threads per run (set when the run starts, recorded; affects float sums)
+    workers: int = 2  # runs trained in parallel processes (does not change any result; not in run ids)
+
+
+RUN_ID_EXCLUDED = ("workers",)  # scheduling only: the same run gives the same result with any value
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ class RunSpec:
 
     @property
     def run_id(self) -> str:
-        payload = {"config": to_dict(self.config), "norm": self.norm.value, "lr": self.lr, "seed": self.seed}
+        shared = {key: value for key, value in to_dict(self.config).items() if key not in RUN_ID_EXCLUDED}
+        payload = {"config": shared, "norm": self.norm.value, "lr": self.lr, "seed": self.seed}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         return f"{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
 
@@ -95,6 +101,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         model=ModelConfig(channels=(8, 8, 16, 16), hidden=32),
         train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
                           capture_every=10),
+        workers=1,  # two tiny runs: spawning processes would cost more than it saves
     ),
     # minutes on a 2-core CPU
     "default": ExperimentConfig(),
@@ -199,6 +206,9 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.bn_eps < 0:
         raise ConfigError(f"train.bn_eps={t.bn_eps} must be >= 0")
+    for key in ("threads", "workers"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key}={getattr(config, key)} must be >= 1")
     if not config.model.channels or any(c < 1 for c in config.model.channels):
         raise ConfigError(f"model.channels={list(config.model.channels)} must be positive integers")
     return config

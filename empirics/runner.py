@@ -7,27 +7,55 @@ marker exists is complete and is never retrained, so an interrupted sweep resume
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from . import train
-from .config import ExperimentConfig, run_specs, validate
+from .config import ExperimentConfig, RunSpec, run_specs, validate
 
 
 def run_dir(out_dir: Path, run_id: str) -> Path:
     return Path(out_dir) / "runs" / run_id
 
 
+def _train_in_worker(spec: RunSpec, directory: Path) -> str:
+    """Entry point of a worker process: its own thread count, no per-run progress bar."""
+    torch.set_num_threads(spec.config.threads)
+    train.train_run(spec, directory, progress=False)
+    return spec.run_id
+
+
 def run_all(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> list[Path]:
-    """Train every run of `config` not yet done; return all run directories in run_specs order."""
+    """Train every run of `config` not yet done; return all run directories in run_specs order.
+
+    With config.workers > 1 the pending runs are trained in that many spawned processes; every run
+    is seeded on its own, so the results do not depend on the number of workers or their order.
+    """
     validate(config)
-    directories = []
-    for spec in run_specs(config):
-        directory = run_dir(out_dir, spec.run_id)
-        if not (directory / "done").exists():
-            train.train_run(spec, directory, progress=progress)
-        directories.append(directory)
+    specs = run_specs(config)
+    directories = [run_dir(out_dir, spec.run_id) for spec in specs]
+    pending = [(s, d) for s, d in zip(specs, directories) if not (d / "done").exists()]
+    if config.workers == 1 or len(pending) <= 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(config.threads)
+        try:
+            for spec, directory in pending:
+                train.train_run(spec, directory, progress=progress)
+        finally:
+            torch.set_num_threads(threads)
+        return directories
+    context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
+    with ProcessPoolExecutor(max_workers=min(config.workers, len(pending)), mp_context=context) as pool:
+        futures = [pool.submit(_train_in_worker, spec, directory) for spec, directory in pending]
+        with tqdm(total=len(futures), desc="runs", disable=not progress, unit="run") as bar:
+            for future in as_completed(futures):
+                bar.set_postfix_str(future.result())
+                bar.update()
     return directories
 
 

@@ -40,3 +40,8 @@ def write_atomic(path: Path, write) -> None:
 def write_json(path: Path, payload: dict) -> None:
     text = json.dumps(strict_json(payload), indent=1, allow_nan=False)
     write_atomic(path, lambda file: file.write(text.encode()))
+
+
+def cache_dir() -> Path:
+    """$XDG_CACHE_HOME/normcheck (default ~/.cache/normcheck); the same place theory.cache uses."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "normcheck"

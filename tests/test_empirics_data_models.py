@@ -41,8 +41,8 @@ def test_model_maps_signals_to_logits_with_three_pools():
     model = build_model(ModelConfig(), Norm.BATCHNORM, 1e-5, torch.Generator().manual_seed(0))
     assert model(torch.zeros(3, 1, 40)).shape == (3, 10)
     assert sum(isinstance(m, nn.MaxPool1d) for m in model) == 3
-    assert [layer.num_features for layer in norm_layers(model)] == [32, 32, 64, 64, 128, 128]
-    assert model[-3].in_features == 128 * 5  # 40 -> 20 -> 10 -> 5
+    assert [layer.num_features for layer in norm_layers(model)] == list(ModelConfig().channels)
+    assert model[-3].in_features == ModelConfig().channels[-1] * 5  # 40 -> 20 -> 10 -> 5
 
 
 def test_model_without_norm_has_no_norm_layers():
