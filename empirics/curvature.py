@@ -1,0 +1,190 @@
+"""Hessian quadratic forms at one BatchNorm layer: the quantities of thm4.2 / thm4.2b, per channel.
+
+Split the network at a BN layer: y = BN input, z = BN(y) its output (train() mode: batch statistics,
+biased variance, eps inside the square root, affine gamma, beta), L(z) the loss of the rest of the
+network as a function of z, L-hat(y) = L(BN(y)). For a channel c, its "batch" is every (sample,
+position) value the channel normalises (m = N * L for (N, C, L), N for (N, C)); all other channels
+are held fixed. With g = dL/dz and v = dL-hat/dy (both full tensors, autograd), u_c the tensor equal
+to u on channel c and 0 elsewhere, H = d^2 L / dz^2 and J = dz/dy:
+
+    hess_in_v[c]   = v_c^T (d^2 L-hat / dy_c^2) v_c       (the left side of thm4.2)
+    hess_out_v[c]  = v_c^T H_cc v_c                        (thm4.2 first form: v used as a z-direction)
+    hess_out_g[c]  = g_c^T H_cc g_c                        (thm4.2b: the "g-hat^T H g-hat" term)
+    hess_out_Jv[c] = (J v)_c^T H_cc (J v)_c                (J v = (gamma/sigma) P v, exact)
+    bn_second_order[c] = sum_b g_b v_c^T (d^2 z_b / dy_c^2) v_c
+
+plus `capture.channel_reductions` of (y, g, v): m, eps, gamma, mean, var, sigma, g_sum, g_sq, g_yhat,
+lhs (= ||v_c||^2). The chain rule makes hess_in_v = hess_out_Jv + bn_second_order exactly, and at
+eps = 0 (P a projector, P v = v): hess_out_Jv = (gamma^2/sigma^2) hess_out_v and bn_second_order =
+-(gamma / (m sigma^2)) g_yhat ||v||^2, i.e. thm4.2's first form with equality.
+
+Per-channel cost: a quadratic form u_c^T A u_c with u nonzero in every channel would mix in the
+cross-channel blocks A_cc' (the downstream layers couple channels), so each channel gets its own
+Hessian-vector product, 4 C of them for one layer (3 C through L at z, C through L-hat at y). They
+are exact and vectorised: one torch.func.vmap over the C masked directions of forward-over-reverse
+HVPs (reverse over reverse: the gradient of <grad f, u>; forward-over-reverse costs the same here, ~5 gradients on
+VGG-1d, but torch's forward-mode decompositions emit a torch.jit deprecation warning), `chunk_size` bounding memory; `vectorize=False` loops instead. Only
+bn_second_order needs one HVP for all channels: BN acts channel by channel, so that Hessian is
+block diagonal and the per-channel sums of v * (Hess v) are exact.
+
+ReLU / max-pool make L piecewise smooth: these are the Hessians of the active piece (what autograd
+differentiates), second derivatives of the kinks being 0. All runs inside
+`landscape.training_function` (no side effects); results float64 numpy arrays of length C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vjp, vmap
+
+from .capture import channel_reductions
+from .landscape import LossFn, Params, parameter_dict, training_function, training_loss
+
+
+def _norm_layer(model: nn.Module, layer: int | nn.Module) -> nn.Module:
+    """The BN layer: a module of `model`, or an index into its BatchNorm1d layers in forward order."""
+    layers = [module for module in model.modules() if isinstance(module, nn.BatchNorm1d)]
+    if isinstance(layer, nn.Module):
+        if not any(layer is module for module in layers):
+            raise ValueError(f"{layer!r} is not a BatchNorm1d of the model; pass one of its BN layers or an index")
+        return layer
+    if not 0 <= layer < len(layers):
+        raise IndexError(f"layer_index={layer} but the model has {len(layers)} BatchNorm1d layers (0..{len(layers) - 1})")
+    return layers[layer]
+
+
+@contextlib.contextmanager
+def _substituted(module: nn.Module, *, input_value=None, output_value=None) -> Iterator[list]:
+    """Within: `module`'s input (or output) is replaced by the given tensor; yields a call counter."""
+    calls: list[int] = []
+
+    def pre_hook(_module, _args):
+        calls.append(1)
+        return (input_value,) if input_value is not None else None
+
+    def post_hook(_module, _args, output):
+        return output_value if output_value is not None else output
+
+    handles = [module.register_forward_pre_hook(pre_hook), module.register_forward_hook(post_hook)]
+    try:
+        yield calls
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _hvp(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(d^2 f / dat^2) u, reverse over reverse: grad_at <grad f(at), u>."""
+    return grad(lambda point: torch.sum(grad(f)(point) * u))(at)
+
+
+def _jacobian_vector_product(fn: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
+                             u: torch.Tensor) -> torch.Tensor:
+    """(d fn / dat) u by two reverse passes: w -> <J^T w, u> is linear in w with gradient J u."""
+    out, pullback = vjp(fn, at)
+    return grad(lambda w: torch.sum(pullback(w)[0] * u))(torch.zeros_like(out))
+
+
+def _masked_directions(directions: list[torch.Tensor]) -> torch.Tensor:
+    """(D * C, *shape): direction d restricted to channel c at row d * C + c (zeros elsewhere)."""
+    shape = directions[0].shape
+    channels = shape[1]
+    eye = torch.eye(channels, dtype=directions[0].dtype, device=directions[0].device)
+    masks = eye.reshape(channels, 1, channels, *([1] * (len(shape) - 2)))  # (C, 1, C, [1])
+    return torch.cat([d.unsqueeze(0) * masks for d in directions])
+
+
+def _per_channel_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
+                                 directions: list[torch.Tensor], vectorize: bool,
+                                 chunk_size: int | None) -> np.ndarray:
+    """(D, C) float64: u_c^T (d^2 f / dat_c^2) u_c for each direction u and channel c (one HVP each)."""
+    stacked = _masked_directions(directions)
+
+    def hvp(u: torch.Tensor) -> torch.Tensor:
+        return _hvp(f, at, u)
+
+    if vectorize:
+        products = vmap(hvp, chunk_size=chunk_size)(stacked)
+    else:
+        products = torch.stack([hvp(u) for u in stacked])
+    forms = (stacked.double() * products.double()).flatten(1).sum(1)
+    return forms.reshape(len(directions), at.shape[1]).cpu().numpy()
+
+
+def activation_curvature(model: nn.Module, layer: int | nn.Module, x: torch.Tensor, target: torch.Tensor,
+                         loss_fn: LossFn, *, vectorize: bool = True, chunk_size: int | None = None) -> dict:
+    """Per channel of one BN layer: the thm4.2 Hessian quadratic forms and reductions (module doc).
+
+    layer: the BatchNorm1d module, or its index among the model's BatchNorm1d layers in forward order
+    (as `models.norm_layers` and `BoundCapture` number them). The layer must run exactly once per
+    forward.
+    """
+    with training_function(model):
+        bn = _norm_layer(model, layer)
+        params = parameter_dict(model)
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep_input(_module, args):
+            captured["y"] = args[0].detach().requires_grad_(True)  # a leaf, so dL/dy is an autograd grad
+            return (captured["y"],)
+
+        def keep_output(_module, _args, output):
+            captured["z"] = output
+
+        handles = [bn.register_forward_pre_hook(keep_input), bn.register_forward_hook(keep_output)]
+        try:
+            loss = training_loss(model, params, x, target, loss_fn)
+        finally:
+            for handle in handles:
+                handle.remove()
+        y0 = captured["y"]
+        v, g = (t.detach() for t in torch.autograd.grad(loss, [y0, captured["z"]]))
+        y0, z0 = y0.detach(), captured["z"].detach()
+        bn_params: Params = {name: params[full] for full, name in _bn_param_names(model, bn)}
+
+        def bn_map(y: torch.Tensor) -> torch.Tensor:
+            return functional_call(bn, bn_params, (y,))
+
+        def loss_of_input(y: torch.Tensor) -> torch.Tensor:
+            with _substituted(bn, input_value=y) as calls:
+                value = training_loss(model, params, x, target, loss_fn)
+            _check_once(calls, bn)
+            return value
+
+        def loss_of_output(z: torch.Tensor) -> torch.Tensor:
+            with _substituted(bn, output_value=z) as calls:
+                value = training_loss(model, params, x, target, loss_fn)
+            _check_once(calls, bn)
+            return value
+
+        jv = _jacobian_vector_product(bn_map, y0, v)  # J v, exact (BN's Jacobian is block diagonal by channel)
+        out_forms = _per_channel_quadratic_forms(loss_of_output, z0, [v, g, jv], vectorize, chunk_size)
+        (in_forms,) = _per_channel_quadratic_forms(loss_of_input, y0, [v], vectorize, chunk_size)
+        second = _hvp(lambda y: torch.sum(g * bn_map(y)), y0, v)  # Hess_y <g, BN(y)> v, block diagonal
+        second_order = (v.double() * second.double()).transpose(0, 1).reshape(v.shape[1], -1).sum(1)
+        gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
+        reductions = channel_reductions(y0, g, v, gamma, float(bn.eps))
+    return {
+        **reductions,
+        "hess_in_v": in_forms,
+        "hess_out_v": out_forms[0],
+        "hess_out_g": out_forms[1],
+        "hess_out_Jv": out_forms[2],
+        "bn_second_order": second_order.cpu().numpy(),
+    }
+
+
+def _bn_param_names(model: nn.Module, bn: nn.Module) -> list[tuple[str, str]]:
+    """(name in the model, name in bn) of bn's trainable parameters."""
+    prefix = next(name for name, module in model.named_modules() if module is bn)
+    return [(f"{prefix}.{name}" if prefix else name, name) for name, p in bn.named_parameters() if p.requires_grad]
+
+
+def _check_once(calls: list, bn: nn.Module) -> None:
+    if len(calls) != 1:
+        raise RuntimeError(f"{bn!r} ran {len(calls)} times in one forward; curvature needs a layer used exactly once")

@@ -1,0 +1,112 @@
+"""Deep linear network (paper §4 DLN, Fig. 3 / 9 / 14): 25 bias-free linear layers fit to x -> A x.
+
+    f(x) = W_depth ... W_1 x         W_i in R^{width x width}, Linear(width, width, bias=False)
+    loss = (1/n) sum_i ||f(x_i) - A x_i||^2       squared error summed over the width outputs,
+                                                  averaged over the n samples (`reduction="mean"`)
+
+optionally with a normaliser after each of the first depth - 1 (hidden) layers, none after the output
+layer. Trained by full-batch gradient descent: every step sees all n samples, so BN's statistics
+are those of the whole data set.
+
+Choices the paper leaves [open] (paper-notes §4), made here and recorded by the caller:
+- width 10 (A is 10 x 10, so input = output = 10; hidden width equal, the simplest reading);
+- x ~ N(0, I_width), n_samples = 1000 by default (full batch; n >> width so the fit is determined);
+- A with i.i.d. N(0, 1) entries, drawn with x from one generator seeded by `seed`;
+- the loss averaged over samples: with a sum instead, the paper's lr 1e-6 corresponds to lr 1e-6 * n
+  here (`reduction="sum"` reproduces that reading);
+- Glorot-uniform weights (U(-a, a), a = sqrt(6 / (2 width)), gain 1), BN gamma = 1, beta = 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormFactory = Callable[[int], nn.Module]  # width -> normaliser module for a (N, width) activation
+
+
+def _normaliser(norm: str | NormFactory, bn_eps: float) -> NormFactory | None:
+    if callable(norm):
+        return norm
+    if norm == "none":
+        return None
+    if norm == "batchnorm":
+        return lambda width: nn.BatchNorm1d(width, eps=bn_eps)
+    raise ValueError(f"norm={norm!r} is not 'none' or 'batchnorm'; or pass a callable width -> nn.Module")
+
+
+def build_dln(depth: int = 25, width: int = 10, norm: str | NormFactory = "none", *,
+              generator: torch.Generator | None = None, bn_eps: float = 1e-5,
+              dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """Linear(width, width, bias=False) x depth, a normaliser after each hidden one, Glorot init, train() mode.
+
+    `norm`: "none", "batchnorm" (BatchNorm1d(width, eps=bn_eps)), or a factory width -> module (any
+    other normaliser, e.g. an l_p normalisation; its own init is left as its constructor made it,
+    and it must not draw from the global RNG). Weights draw only from `generator` (None: the global
+    RNG, advanced).
+    """
+    if depth < 1 or width < 1:
+        raise ValueError(f"depth={depth}, width={width} must both be >= 1")
+    factory = _normaliser(norm, bn_eps)
+    layers: list[nn.Module] = []
+    with torch.device("meta"):  # no default (Kaiming) init drawn from the global RNG
+        linears = [nn.Linear(width, width, bias=False) for _ in range(depth)]
+    for index, linear in enumerate(linears):
+        linear.to_empty(device="cpu")
+        nn.init.xavier_uniform_(linear.weight, generator=generator)
+        layers.append(linear)
+        if factory is not None and index < depth - 1:
+            layers.append(factory(width))
+    return nn.Sequential(*layers).to(dtype).train()
+
+
+def synthetic_regression(n_samples: int = 1000, width: int = 10, seed: int = 0,
+                         dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, target, A): x (n, width) ~ N(0, I), A (width, width) ~ N(0, 1) entrywise, target = x A^T.
+
+    One private generator seeded by `seed` draws A first, then x (in float64, then cast), so the
+    data do not depend on dtype and the global RNG is untouched.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.randn(width, width, generator=generator, dtype=torch.float64)
+    x = torch.randn(n_samples, width, generator=generator, dtype=torch.float64)
+    return x.to(dtype), (x @ a.T).to(dtype), a.to(dtype)
+
+
+def dln_loss(prediction: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """sum over outputs of the squared error, then mean (or sum) over samples."""
+    per_sample = ((prediction - target) ** 2).sum(dim=1)
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    raise ValueError(f"reduction={reduction!r} is not 'mean' or 'sum'")
+
+
+def train_dln(model: nn.Module, x: torch.Tensor, target: torch.Tensor, lr: float, steps: int, *,
+              reduction: str = "mean", on_step: Callable[[int, nn.Module, torch.Tensor], None] | None = None
+              ) -> list[float]:
+    """Full-batch gradient descent, W <- W - lr * grad L(W) on all of (x, target), `steps` times.
+
+    Returns the loss before each update. `on_step(step, model, loss)` runs after backward and before
+    the update (the .grad fields hold this step's gradient: the point where measurements belong).
+    Stops early, returning what it has, when the loss becomes non-finite.
+    """
+    losses = []
+    for step in range(steps):
+        model.zero_grad(set_to_none=True)
+        loss = dln_loss(model(x), target, reduction)
+        losses.append(loss.item())
+        if not torch.isfinite(loss):
+            break
+        loss.backward()
+        if on_step is not None:
+            on_step(step, model, loss.detach())
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.grad is not None:
+                    p -= lr * p.grad
+    return losses

@@ -1,0 +1,178 @@
+"""The loss landscape along the gradient (paper Fig. 4 / 9 / 10), and the side-effect-free training function.
+
+At parameters x0 with training-mode gradient g = grad L(x0) on a batch B, for each probed step
+eta = multiplier * lr (multipliers > 0), on the SAME batch B, in train() mode (batch statistics):
+
+    loss[k]        = L(x0 - eta_k g)
+    grad_change[k] = || grad L(x0 - eta_k g) - g ||
+    loss_range          = max_k loss[k] - min_k loss[k]                  (probed etas only, x0 excluded)
+    loss_range_with_x0  = the same range with L(x0) included             (the band around the current loss)
+    grad_change_min/max = min_k / max_k grad_change[k]                   (eta = 0 would add a trivial 0)
+    beta_eff            = max_k grad_change[k] / || eta_k g ||           (effective beta-smoothness)
+
+Norms are Euclidean over ALL trainable parameters flattened together (weights, biases, BN gamma and
+beta), accumulated in float64. The paper's ranges: VGG eta in [0.5, 4] x lr, DLN [0.01, 30] x lr.
+
+Every probe runs through `training_function(model)`, the one way measurements in this package
+evaluate the network: train() mode, no BN running-statistics update, the noise of the last training
+forward replayed (`noisy.frozen_noise`), the global RNG forked and every buffer restored, and all
+derivatives via torch.func / torch.autograd.grad, so no `.grad` field, parameter, buffer, optimiser
+state or RNG stream changes. Parameters enter through `torch.func.functional_call` over displaced
+parameter dicts: no copy of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from .noisy import frozen_noise
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (model output, target) -> scalar
+Params = dict[str, torch.Tensor]
+
+
+def _rng_devices(model: nn.Module) -> list[int]:
+    """CUDA device indices the model lives on (fork_rng forks these besides the CPU generator)."""
+    return sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+
+
+@contextlib.contextmanager
+def training_function(model: nn.Module) -> Iterator[None]:
+    """Within: `model` computes its training-mode function and can change nothing but what it returns.
+
+    - every module in train() mode (batch statistics: the function the optimiser differentiates);
+    - BatchNorm layers with track_running_stats off, so they normalise by the batch and never write
+      running_mean / running_var / num_batches_tracked (also under torch.func.vmap / jvp);
+    - noisy layers replay the last training draw (`frozen_noise`), drawing nothing;
+    - the global CPU (and the model's CUDA) RNG forked, and every buffer restored on exit, for modules
+      this package does not know about.
+    All of it is undone on exit, also when an exception escapes.
+    """
+    modes = [(module, module.training) for module in model.modules()]
+    batchnorms = [(module, module.track_running_stats) for module in model.modules()
+                  if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    saved_buffers = [(buffer, buffer.detach().clone()) for buffer in model.buffers()]
+    with torch.random.fork_rng(devices=_rng_devices(model)), frozen_noise(model):
+        try:
+            model.train()
+            for module, _ in batchnorms:
+                module.track_running_stats = False
+            yield
+        finally:
+            for module, tracked in batchnorms:
+                module.track_running_stats = tracked
+            for module, mode in modes:
+                module.training = mode
+            with torch.no_grad():
+                for buffer, saved in saved_buffers:
+                    buffer.copy_(saved)
+
+
+def parameter_dict(model: nn.Module) -> Params:
+    """{name: detached parameter} of every trainable parameter (shares storage: never modify in place)."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def training_loss(model: nn.Module, params: Params, x: torch.Tensor, target: torch.Tensor,
+                  loss_fn: LossFn) -> torch.Tensor:
+    """loss_fn(model_params(x), target): the model's function at `params`; call inside training_function."""
+    return loss_fn(functional_call(model, params, (x,), strict=False), target)
+
+
+def squared_norm(tensors: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> float:
+    """sum ||t||^2 over the tensors, accumulated in float64."""
+    values = tensors.values() if isinstance(tensors, dict) else tensors
+    return float(sum(torch.sum(t.detach().double() ** 2).item() for t in values))
+
+
+def _displaced(params: Params, direction: Params, eta: float) -> Params:
+    return {name: p - eta * direction[name] for name, p in params.items()}
+
+
+def _probe_points_unbatched(model, loss_fn, x, target, params, g, etas):
+    """(losses (K,), grad changes (K,)) one eta at a time: one forward+backward per point."""
+    value_and_grad = grad_and_value(lambda p: training_loss(model, p, x, target, loss_fn))
+    losses, changes = [], []
+    for eta in etas:
+        grads, loss = value_and_grad(_displaced(params, g, float(eta)))
+        losses.append(float(loss))
+        changes.append(squared_norm([grads[n] - g[n] for n in g]) ** 0.5)
+    return np.array(losses), np.array(changes)
+
+
+def _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size):
+    """The same, all etas in one torch.func.vmap over stacked displaced parameters.
+
+    Works with BN in train() mode because training_function turns running-statistics tracking off:
+    the in-place running-stat update is what vmap cannot batch (an unbatched buffer written with a
+    batched value).
+    """
+    eta = torch.as_tensor(np.asarray(etas, dtype=np.float64))
+
+    def stacked(name):
+        p = params[name]
+        steps = eta.to(device=p.device, dtype=p.dtype).reshape(-1, *([1] * p.dim()))
+        return p.unsqueeze(0) - steps * g[name].unsqueeze(0)  # (K, *p.shape)
+
+    value_and_grad = grad_and_value(lambda p: training_loss(model, p, x, target, loss_fn))
+    grads, losses = vmap(value_and_grad, chunk_size=chunk_size)({name: stacked(name) for name in params})
+    change_sq = sum(torch.sum((grads[n] - g[n].unsqueeze(0)).double().flatten(1) ** 2, dim=1) for n in g)
+    return losses.detach().double().cpu().numpy(), change_sq.sqrt().cpu().numpy()
+
+
+def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor, lr: float,
+                    step_multipliers: Sequence[float], *, batched: bool = False, chunk_size: int | None = None,
+                    grads: Params | None = None) -> dict:
+    """Loss, gradient change and effective beta-smoothness along -g at eta = multiplier * lr (module doc).
+
+    `grads` may pass the training step's gradient at the current parameters on this same batch
+    (e.g. {name: p.grad}) to save one forward+backward; it is then trusted, not recomputed.
+    `batched=True` evaluates all points in one vmap (memory ~ len(multipliers) forwards; bound it
+    with `chunk_size`). Returns float64 numpy arrays eta, loss, grad_change and scalars loss0,
+    grad_norm, loss_min, loss_max, loss_range, loss_range_with_x0, grad_change_min, grad_change_max,
+    grad_change_range, beta_eff.
+    """
+    multipliers = np.asarray(step_multipliers, dtype=np.float64)
+    if multipliers.ndim != 1 or multipliers.size == 0 or not np.all(multipliers > 0):
+        raise ValueError(f"step_multipliers={list(multipliers)} must be a non-empty list of positive numbers "
+                         "(eta = 0 is the current point: its loss is returned as loss0, its grad change is 0)")
+    etas = multipliers * lr
+    with training_function(model):
+        params = parameter_dict(model)
+        loss0_tensor, g = None, grads
+        if g is None:
+            g, loss0_tensor = grad_and_value(lambda p: training_loss(model, p, x, target, loss_fn))(params)
+        else:
+            g = {name: grads[name].detach() for name in params}
+        with torch.no_grad():
+            loss0 = float(training_loss(model, params, x, target, loss_fn) if loss0_tensor is None else loss0_tensor)
+        if batched:
+            losses, changes = _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size)
+        else:
+            losses, changes = _probe_points_unbatched(model, loss_fn, x, target, params, g, etas)
+    grad_norm = squared_norm(g) ** 0.5
+    step_norms = etas * grad_norm
+    with np.errstate(divide="ignore", invalid="ignore"):  # g = 0: beta is undefined (nan), not an error
+        beta = np.max(changes / step_norms) if grad_norm > 0 else float("nan")
+    return {
+        "eta": etas,
+        "loss": losses,
+        "grad_change": changes,
+        "loss0": loss0,
+        "grad_norm": grad_norm,
+        "loss_min": float(losses.min()),
+        "loss_max": float(losses.max()),
+        "loss_range": float(losses.max() - losses.min()),
+        "loss_range_with_x0": float(max(losses.max(), loss0) - min(losses.min(), loss0)),
+        "grad_change_min": float(changes.min()),
+        "grad_change_max": float(changes.max()),
+        "grad_change_range": float(changes.max() - changes.min()),
+        "beta_eff": float(beta),
+    }
+

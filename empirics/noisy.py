@@ -1,0 +1,147 @@
+"""Noisy BatchNorm (paper Algorithm 1, Fig. 2): BN followed by a fresh random shift and scale per step.
+
+In train() mode, at every forward (one forward = one training step) and for every unit j:
+
+    mu_j    ~ U(-n_mu, n_mu)                sigma_j ~ U(1, n_sigma)                   (per unit)
+    m_ij    ~ U(mu_j - r_mu, mu_j + r_mu)   s_ij    ~ N(sigma_j, r_sigma)             (per element i)
+    a_ij   <-  s_ij * a_ij + m_ij
+
+with the paper's constants n_mu = 0.5, n_sigma = 1.25, r_mu = r_sigma = 0.1. The noise is a
+constant of the step: gradients flow through `s_ij * a_ij` with s_ij fixed, never into the draws.
+In eval() mode the noise is off (identity).
+
+Choice for conv activations (N, C, L): the "unit" j is a channel (what BN normalises) and the
+per-sample index i runs over every (sample, position) pair, i.e. over every element of the channel's
+BN batch (m = N * L, as `capture.py` counts it). This reading makes the noise act on exactly the
+distribution BN normalises. `per_position=False` instead draws one (m_ij, s_ij) per (sample, channel)
+and shares it along the length axis.
+
+Randomness: every draw comes from the module's own `torch.Generator` (share one generator, seeded
+from the run seed, between all noisy modules of a model), never from the global RNG, so adding noise
+leaves the run's batch order and init streams untouched. Draws happen on the generator's device and
+are moved to the activations' device, so a given seed gives the same noise on CPU and GPU.
+
+Measurements must see the training step's function, not a fresh draw: inside `frozen_noise(model)`
+every noisy module replays the noise of its last train() forward and draws nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+# Paper Algorithm 1 / Fig. 2 constants [likely]; see paper-notes §4.
+N_MU, N_SIGMA, R_MU, R_SIGMA = 0.5, 1.25, 0.1, 0.1
+
+
+def _as_generator(generator: torch.Generator | int | None) -> torch.Generator:
+    if isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, int) and not isinstance(generator, bool):
+        return torch.Generator().manual_seed(generator)
+    raise TypeError(
+        f"generator={generator!r}: noisy layers draw only from their own generator, never the global RNG; "
+        "pass a torch.Generator seeded from the run seed (shared by all noisy layers) or an int seed"
+    )
+
+
+class NoisyIdentity(nn.Module):
+    """a <- s * a + m, Algorithm 1's noise on its own (no BN): "noise added to a standard network".
+
+    Input (N, C) or (N, C, L); `num_features` = C. See the module docstring for the distribution,
+    the per-position choice and the generator. The last train() draw is kept as `last_scale`,
+    `last_shift` (shape of the input, detached) so measurements can replay it (`frozen_noise`).
+    """
+
+    def __init__(self, num_features: int, *, generator: torch.Generator | int, n_mu: float = N_MU,
+                 n_sigma: float = N_SIGMA, r_mu: float = R_MU, r_sigma: float = R_SIGMA,
+                 per_position: bool = True):
+        super().__init__()
+        if not (n_mu >= 0 and n_sigma >= 1 and r_mu >= 0 and r_sigma >= 0):
+            raise ValueError(
+                f"noise constants n_mu={n_mu}, n_sigma={n_sigma}, r_mu={r_mu}, r_sigma={r_sigma} must satisfy "
+                "n_mu >= 0, n_sigma >= 1 (sigma_j ~ U(1, n_sigma)), r_mu >= 0, r_sigma >= 0"
+            )
+        self.num_features = num_features
+        self.n_mu, self.n_sigma, self.r_mu, self.r_sigma = n_mu, n_sigma, r_mu, r_sigma
+        self.per_position = per_position
+        self.generator = _as_generator(generator)
+        self.frozen = False  # set by frozen_noise(): replay the last draw instead of drawing
+        self.last_scale: torch.Tensor | None = None
+        self.last_shift: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, n_mu={self.n_mu}, n_sigma={self.n_sigma}, r_mu={self.r_mu}, "
+                f"r_sigma={self.r_sigma}, per_position={self.per_position}")
+
+    def _draw(self, shape: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale s, shift m), each of `shape`; draw order: mu, sigma (per unit), then m, s (per element)."""
+        if len(shape) not in (2, 3) or shape[1] != self.num_features:
+            raise ValueError(f"input has shape {tuple(shape)}; expected (N, {self.num_features}) or "
+                             f"(N, {self.num_features}, L)")
+        gen, device = self.generator, self.generator.device
+        unit_shape = (1, shape[1]) + (1,) * (len(shape) - 2)  # broadcast over samples and positions
+        element_shape = shape if (self.per_position or len(shape) == 2) else (shape[0], shape[1], 1)
+
+        def uniform(size, low, high):
+            return low + (high - low) * torch.rand(size, generator=gen, device=device, dtype=dtype)
+
+        mu = uniform(unit_shape, -self.n_mu, self.n_mu)
+        sigma = uniform(unit_shape, 1.0, self.n_sigma)
+        shift = uniform(element_shape, mu - self.r_mu, mu + self.r_mu)
+        scale = sigma + self.r_sigma * torch.randn(element_shape, generator=gen, device=device, dtype=dtype)
+        return scale.expand(shape), shift.expand(shape)
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return a
+        if self.frozen:
+            if self.last_scale is None or self.last_scale.shape != a.shape:
+                raise RuntimeError(
+                    f"frozen noise has no draw for input shape {tuple(a.shape)} (last draw: "
+                    f"{None if self.last_scale is None else tuple(self.last_scale.shape)}); run the training "
+                    "forward on this batch before measuring"
+                )
+            scale, shift = self.last_scale, self.last_shift
+        else:
+            scale, shift = self._draw(a.shape, a.dtype)
+            scale, shift = scale.to(a.device), shift.to(a.device)
+            self.last_scale, self.last_shift = scale, shift
+        return scale * a + shift  # scale, shift are constants: no gradient into the draws
+
+
+class NoisyBatchNorm1d(nn.Module):
+    """z = BatchNorm1d(y) (batch statistics in train(), running ones in eval()), then Algorithm 1 noise.
+
+    A container of `bn` (a plain nn.BatchNorm1d, so `models.norm_layers` and `BoundCapture` find
+    it and see the clean BN output z and dL/dz) and `noise` (a `NoisyIdentity`). Noise only in
+    train() mode; running statistics are those of the clean BN input.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, *, generator: torch.Generator | int,
+                 n_mu: float = N_MU, n_sigma: float = N_SIGMA, r_mu: float = R_MU, r_sigma: float = R_SIGMA,
+                 per_position: bool = True):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps=eps)
+        self.noise = NoisyIdentity(num_features, generator=generator, n_mu=n_mu, n_sigma=n_sigma,
+                                   r_mu=r_mu, r_sigma=r_sigma, per_position=per_position)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.noise(self.bn(y))
+
+
+@contextlib.contextmanager
+def frozen_noise(model: nn.Module) -> Iterator[None]:
+    """Within: every NoisyIdentity of `model` replays its last train() draw and advances no generator."""
+    modules = [module for module in model.modules() if isinstance(module, NoisyIdentity)]
+    previous = [module.frozen for module in modules]
+    try:
+        for module in modules:
+            module.frozen = True
+        yield
+    finally:
+        for module, was in zip(modules, previous):
+            module.frozen = was
