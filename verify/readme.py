@@ -26,8 +26,8 @@ def results_block(results: dict, out_dir: str) -> str:
              f"--out {out_dir}` at revision `{results['environment']['git_revision']}` "
              f"({results['environment']['device']}, torch {results['environment']['torch']}); "
              f"end-to-end {results['timings'].get('total_s', float('nan')):.0f} s on this machine.", "",
-             "| normaliser | claim | symbolic status | general m | checked rows | violations | worst LHS/RHS "
-             "| median LHS/RHS |", "|---|---|---|---|---:|---:|---:|---:|"]
+             "| normaliser | claim | symbolic status | general m | evidence | checked rows | violations "
+             "| worst LHS/RHS | median LHS/RHS |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     for normaliser, claims in results["theory"].items():
         for claim, record in claims.items():
             rows = [c for c in results["checks"] if c["normaliser"] == normaliser and c["claim"] == claim]
@@ -38,8 +38,9 @@ def results_block(results: dict, out_dir: str) -> str:
             median = medians[len(medians) // 2] if medians else None
             measured = (f"{checked:,} | {violations:,} | {_ratio(worst)} | {_ratio(median)}" if rows
                         else "— | — | — | —")
+            evidence = record.get("evidence", "").split("; ")[0].replace("|", "\\|")
             lines.append(f"| {normaliser} | `{claim}` | **{record['status']}** | "
-                         f"{'yes' if record['general_m'] else 'no'} | {measured} |")
+                         f"{'yes' if record['general_m'] else 'no'} | {evidence} | {measured} |")
     lines += ["", "Training (mnist1d, plain SGD, batch "
               f"{results['config']['train']['batch_size']}, {results['config']['train']['steps']} steps; "
               f"steps to {results['training_summary']['threshold']:.0%} "
