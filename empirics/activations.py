@@ -6,6 +6,7 @@ For the output a of a chosen module, (N, C) or (N, C, L), on one batch in train(
     below / above / nonfinite = values under edges[0], over edges[-1], or NaN/inf (so no value is lost)
     mean[c]    = (1/m) sum a_c                        over the channel's m = N * L (or N) values
     var[c]     = (1/m) sum (a_c - mean[c])^2          biased, like BN's normalising variance
+                                                      (inf or nan for a unit holding a non-finite value)
     quantiles  = the values at QUANTILE_LEVELS of all finite values (for percentile-band plots)
 
 Bin edges are fixed once per run, so histograms of different steps are comparable: take them from
@@ -65,13 +66,15 @@ def summarize_activations(activations, bin_edges) -> dict:
     values = rows.ravel()
     finite = values[np.isfinite(values)]
     counts, _ = np.histogram(finite, bins=edges)
+    with np.errstate(invalid="ignore", over="ignore"):  # a diverged unit: moments inf/nan, not an error
+        mean, var = rows.mean(axis=1), rows.var(axis=1)  # var biased (ddof=0)
     return {
         "counts": counts.astype(np.int64),
         "below": int(np.sum(finite < edges[0])),
         "above": int(np.sum(finite > edges[-1])),
         "nonfinite": int(values.size - finite.size),
-        "mean": rows.mean(axis=1),
-        "var": rows.var(axis=1),  # biased (ddof=0)
+        "mean": mean,
+        "var": var,
         "quantiles": np.quantile(finite, QUANTILE_LEVELS) if finite.size else np.full(len(QUANTILE_LEVELS), np.nan),
     }
 

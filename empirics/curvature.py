@@ -21,11 +21,12 @@ eps = 0 (P a projector, P v = v): hess_out_Jv = (gamma^2/sigma^2) hess_out_v and
 Per-channel cost: a quadratic form u_c^T A u_c with u nonzero in every channel would mix in the
 cross-channel blocks A_cc' (the downstream layers couple channels), so each channel gets its own
 Hessian-vector product, 4 C of them for one layer (3 C through L at z, C through L-hat at y). They
-are exact and vectorised: one torch.func.vmap over the C masked directions of forward-over-reverse
-HVPs (reverse over reverse: the gradient of <grad f, u>; forward-over-reverse costs the same here, ~5 gradients on
-VGG-1d, but torch's forward-mode decompositions emit a torch.jit deprecation warning), `chunk_size` bounding memory; `vectorize=False` loops instead. Only
-bn_second_order needs one HVP for all channels: BN acts channel by channel, so that Hessian is
-block diagonal and the per-channel sums of v * (Hess v) are exact.
+are exact and vectorised: one torch.func.vmap over the C masked directions, `chunk_size` bounding
+memory; `vectorize=False` loops instead. HVPs are reverse over reverse (the gradient of
+<grad f, u>): forward-over-reverse costs the same on VGG-1d (~5 gradients each), but torch's
+forward-mode decompositions emit a torch.jit deprecation warning. Only bn_second_order needs one
+HVP for all channels: BN acts channel by channel, so that Hessian is block diagonal and the
+per-channel sums of v * (Hess v) are exact.
 
 ReLU / max-pool make L piecewise smooth: these are the Hessians of the active piece (what autograd
 differentiates), second derivatives of the kinks being 0. All runs inside
