@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NormFactory = Callable[[int], nn.Module]  # width -> normaliser module for a (N, width) activation

@@ -113,7 +113,7 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
             else:
                 fixed = {name: p for name, p in moved.items() if name not in group}
 
-                def group_loss(own: Params) -> torch.Tensor:
+                def group_loss(own: Params, fixed: Params = fixed) -> torch.Tensor:
                     return training_loss(model, {**fixed, **own}, x, target, loss_fn)
 
                 shifted = grad(group_loss)({name: current[name] for name in group})

@@ -148,8 +148,9 @@ def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: 
         loss0_tensor, g = None, grads
         if g is None:
             g, loss0_tensor = grad_and_value(lambda p: training_loss(model, p, x, target, loss_fn))(params)
-        else:
-            g = {name: grads[name].detach() for name in params}
+        else:  # a parameter without a gradient (None, as .grad of an unused one) did not move: zero
+            g = {name: torch.zeros_like(p) if grads.get(name) is None else grads[name].detach()
+                 for name, p in params.items()}
         with torch.no_grad():
             loss0 = float(training_loss(model, params, x, target, loss_fn) if loss0_tensor is None else loss0_tensor)
         if batched:

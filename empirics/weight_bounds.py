@@ -23,7 +23,6 @@ iteration or tolerance). Train() mode, via `landscape.training_function`: no sid
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +41,7 @@ def unfolded_input(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         raise ValueError(f"{layer!r}: only groups=1, zero padding given as integers is supported "
                          f"(got groups={layer.groups}, padding={layer.padding!r}, padding_mode={layer.padding_mode!r})")
-    n, channels, _ = inputs.shape
+    channels = inputs.shape[1]
     columns = F.unfold(inputs.unsqueeze(2), kernel_size=(1, layer.kernel_size[0]), dilation=(1, layer.dilation[0]),
                        padding=(0, layer.padding[0]), stride=(1, layer.stride[0]))  # (N, C_in * k, L_out)
     return columns.transpose(1, 2).reshape(-1, channels * layer.kernel_size[0])

@@ -7,8 +7,25 @@ import pytest
 import torch
 from torch import nn
 
-from empirics.activations import QUANTILE_LEVELS, activation_summary, bin_edges_from, distribution_drift, summarize_activations
-from tests.test_empirics_measurements import one_torch_thread, tiny_batch, tiny_net, training_step_forward  # noqa: F401
+from empirics.activations import (
+    QUANTILE_LEVELS,
+    activation_summary,
+    bin_edges_from,
+    distribution_drift,
+    summarize_activations,
+)
+from tests.test_empirics_measurements import (
+    single_torch_thread,
+    tiny_batch,
+    tiny_net,
+    training_step_forward,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 
 def test_summary_matches_loops_over_units_and_values():
@@ -42,7 +59,7 @@ def test_dense_activations_are_units_by_samples():
     np.testing.assert_allclose(s["var"], np.var(np.arange(12.0).reshape(4, 3), axis=0))
 
 
-def test_model_summary_sees_the_training_forward_outputs(one_torch_thread):
+def test_model_summary_sees_the_training_forward_outputs():
     model = tiny_net("noisy_bn")
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)

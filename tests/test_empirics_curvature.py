@@ -12,7 +12,18 @@ from torch import nn
 
 from empirics.curvature import activation_curvature
 from empirics.noisy import NoisyBatchNorm1d, NoisyIdentity
-from tests.test_empirics_measurements import one_torch_thread, tiny_batch, tiny_net, training_step_forward  # noqa: F401
+from tests.test_empirics_measurements import (
+    single_torch_thread,
+    tiny_batch,
+    tiny_net,
+    training_step_forward,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 RTOL = 1e-9  # float64; dense Hessians (m x m) and HVPs sum in different orders
 # torch >= 2.1x rejects eps = 0 in train(); 1e-300 is zero in effect: var + 1e-300 rounds to var
@@ -90,7 +101,7 @@ def _assert_forms_close(actual, expected, context=""):
 
 @pytest.mark.parametrize("layer", [0, 1])
 @pytest.mark.parametrize("norm", ["batchnorm", "noisy_bn"])
-def test_quadratic_forms_match_dense_channel_hessians(norm, layer, one_torch_thread):
+def test_quadratic_forms_match_dense_channel_hessians(norm, layer):
     model = tiny_net(norm, widths=(3, 3))
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -99,7 +110,7 @@ def test_quadratic_forms_match_dense_channel_hessians(norm, layer, one_torch_thr
     assert result["m"][0] == x.shape[0] * x.shape[2]
 
 
-def test_looped_and_vmapped_channels_agree_and_the_module_may_be_passed(one_torch_thread):
+def test_looped_and_vmapped_channels_agree_and_the_module_may_be_passed():
     model = tiny_net("batchnorm", widths=(3, 3))
     x, labels = tiny_batch()
     vmapped = activation_curvature(model, 1, x, labels, F.cross_entropy, chunk_size=2)
@@ -108,7 +119,7 @@ def test_looped_and_vmapped_channels_agree_and_the_module_may_be_passed(one_torc
 
 
 @pytest.mark.parametrize("eps", [1e-5, ZERO_EPS])
-def test_chain_rule_splits_the_input_hessian_exactly(eps, one_torch_thread):
+def test_chain_rule_splits_the_input_hessian_exactly(eps):
     """v^T d2L-hat v = (Jv)^T H (Jv) + sum_b g_b v^T d2z_b v, for every eps."""
     model = tiny_net("batchnorm", widths=(3, 3))
     for module in model.modules():
@@ -120,7 +131,7 @@ def test_chain_rule_splits_the_input_hessian_exactly(eps, one_torch_thread):
     np.testing.assert_allclose(result["hess_in_v"], total, rtol=0, atol=float(RTOL * scale.max()))
 
 
-def test_thm4_2_first_form_is_an_equality_at_zero_eps(one_torch_thread):
+def test_thm4_2_first_form_is_an_equality_at_zero_eps():
     """eps = 0: J v = (gamma/sigma) v and the BN term is -(gamma / (m sigma^2)) <g, yhat> ||v||^2."""
     model = tiny_net("batchnorm", widths=(3, 3))
     for module in model.modules():
@@ -142,7 +153,7 @@ def test_layer_selection_errors_say_what_exists():
         activation_curvature(model, nn.BatchNorm1d(3), *tiny_batch(), F.cross_entropy)
 
 
-def test_zero_eps_identities_fail_measurably_at_large_eps(one_torch_thread):
+def test_zero_eps_identities_fail_measurably_at_large_eps():
     """The eps = 0 equalities are not artefacts of the route: at eps ~ var they break by O(1)."""
     model = tiny_net("batchnorm", widths=(3, 3))
     for module in model.modules():

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from empirics.dln import build_dln, dln_loss, synthetic_regression, train_dln
-from tests.test_empirics_measurements import one_torch_thread  # noqa: F401
+from tests.test_empirics_measurements import single_torch_thread
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 
 def test_plain_dln_is_the_product_of_its_matrices():
@@ -47,7 +53,7 @@ def test_regression_data_are_seeded_and_exactly_linear():
     x, target, a = synthetic_regression(50, 10, seed=4, dtype=torch.float64)
     assert x.shape == target.shape == (50, 10) and a.shape == (10, 10)
     torch.testing.assert_close(target, x @ a.T, rtol=1e-14, atol=1e-14)
-    x32, target32, _ = synthetic_regression(50, 10, seed=4)
+    x32, _, _ = synthetic_regression(50, 10, seed=4)
     torch.testing.assert_close(x32, x.float())  # the same draws whatever the dtype
     assert not torch.equal(synthetic_regression(50, 10, seed=5)[0], x32)
 
@@ -60,7 +66,7 @@ def test_loss_sums_over_outputs_and_averages_over_samples():
 
 
 @pytest.mark.parametrize("norm", ["none", "batchnorm"])
-def test_full_batch_gd_reduces_the_loss_and_calls_back_before_each_update(norm, one_torch_thread):
+def test_full_batch_gd_reduces_the_loss_and_calls_back_before_each_update(norm):
     model = build_dln(depth=6, width=10, norm=norm, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x, target, _ = synthetic_regression(200, 10, seed=0, dtype=torch.float64)
     seen = []
@@ -70,6 +76,6 @@ def test_full_batch_gd_reduces_the_loss_and_calls_back_before_each_update(norm, 
 
     losses = train_dln(model, x, target, lr=1e-3, steps=30, on_step=on_step)
     assert len(losses) == 30 and losses[-1] < losses[0]
-    step, loss, grad, weight = seen[1]
+    _, loss, _, weight = seen[1]
     np.testing.assert_allclose(loss, losses[1])
     torch.testing.assert_close(weight, seen[0][3] - 1e-3 * seen[0][2])  # W1 = W0 - lr grad(W0)

@@ -13,7 +13,19 @@ from empirics.config import ModelConfig, Norm
 from empirics.ics import ics, layer_groups, observed_update, sgd_update
 from empirics.models import build_model
 from empirics.noisy import NoisyIdentity
-from tests.test_empirics_measurements import NORMS, one_torch_thread, tiny_batch, tiny_net, training_step_forward  # noqa: F401
+from tests.test_empirics_measurements import (
+    NORMS,
+    single_torch_thread,
+    tiny_batch,
+    tiny_net,
+    training_step_forward,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 RTOL = 1e-10  # float64 both routes; summation order only
 LR = 0.3
@@ -51,7 +63,7 @@ def _reference_ics(model, x, labels, groups, update):
 
 
 @pytest.mark.parametrize("norm", NORMS)
-def test_ics_matches_deepcopy_loops_for_sgd_updates(norm, one_torch_thread):
+def test_ics_matches_deepcopy_loops_for_sgd_updates(norm):
     model = tiny_net(norm)
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -65,7 +77,7 @@ def test_ics_matches_deepcopy_loops_for_sgd_updates(norm, one_torch_thread):
     assert np.all(result["ics_l2"][1:] > 0)  # a real step moves later gradients
 
 
-def test_given_grads_and_recomputed_grads_agree(one_torch_thread):
+def test_given_grads_and_recomputed_grads_agree():
     model = tiny_net("batchnorm")
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -77,7 +89,7 @@ def test_given_grads_and_recomputed_grads_agree(one_torch_thread):
         np.testing.assert_allclose(given[key], recomputed[key], rtol=RTOL, atol=1e-13, err_msg=key)
 
 
-def test_momentum_update_observed_after_the_step_equals_measuring_before_it(one_torch_thread):
+def test_momentum_update_observed_after_the_step_equals_measuring_before_it():
     """With momentum the actual update is not -lr g: snapshot, step, diff, and pass params=before."""
     model = tiny_net("batchnorm")
     x, labels = tiny_batch()

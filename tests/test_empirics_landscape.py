@@ -11,7 +11,19 @@ import torch.nn.functional as F
 
 from empirics.landscape import landscape_probe
 from empirics.noisy import NoisyIdentity
-from tests.test_empirics_measurements import NORMS, one_torch_thread, tiny_batch, tiny_net, training_step_forward  # noqa: F401
+from tests.test_empirics_measurements import (
+    NORMS,
+    single_torch_thread,
+    tiny_batch,
+    tiny_net,
+    training_step_forward,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 # float64 on both routes; they differ only in summation order (functional_call vs module call)
 RTOL = 1e-10
@@ -53,7 +65,7 @@ def _reference_probe(model, x, labels, lr, multipliers):
 
 @pytest.mark.parametrize("batched", [False, True], ids=["loop", "vmap"])
 @pytest.mark.parametrize("norm", NORMS)
-def test_probe_matches_deepcopy_reference_in_float64(norm, batched, one_torch_thread):
+def test_probe_matches_deepcopy_reference_in_float64(norm, batched):
     model = tiny_net(norm)
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -68,7 +80,7 @@ def test_probe_matches_deepcopy_reference_in_float64(norm, batched, one_torch_th
     assert probe["grad_change_min"] <= probe["grad_change_max"]
 
 
-def test_batched_and_unbatched_probes_agree_and_given_grads_are_used(one_torch_thread):
+def test_batched_and_unbatched_probes_agree_and_given_grads_are_used():
     model = tiny_net("batchnorm")
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -81,7 +93,7 @@ def test_batched_and_unbatched_probes_agree_and_given_grads_are_used(one_torch_t
         np.testing.assert_allclose(given[key], loop[key], rtol=RTOL, err_msg=key)
 
 
-def test_small_steps_see_a_nearly_linear_loss(one_torch_thread):
+def test_small_steps_see_a_nearly_linear_loss():
     """L(x0 - eta g) = L(x0) - eta ||g||^2 + O(eta^2): the probe's loss has the right first-order slope."""
     model = tiny_net("batchnorm")
     x, labels = tiny_batch()

@@ -3,12 +3,13 @@ it leaves parameters, .grad fields, buffers, train/eval flags, the global RNG an
 exactly as it found them.
 
 The topic files (test_empirics_landscape.py, ..._ics.py, ...) import `tiny_net`, `tiny_batch` and
-`one_torch_thread` from here; only helpers are imported, never test functions, so nothing is
+`single_torch_thread` from here; only helpers are imported, never test functions, so nothing is
 collected twice.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -29,13 +30,24 @@ CLASSES = 4
 NORMS = ("none", "batchnorm", "noisy_bn", "noisy_only")
 
 
-@pytest.fixture()
-def one_torch_thread():
-    """Tiny models on a shared CPU: intra-op threads only contend, so use one; restored afterwards."""
+@contextlib.contextmanager
+def single_torch_thread():
+    """Tiny models on a shared CPU: intra-op threads only contend (10x slower measured), so use one.
+
+    Restored afterwards, so other test modules see torch's default.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 
 def _norm(kind: str, channels: int, generator: torch.Generator) -> list[nn.Module]:
@@ -138,19 +150,19 @@ def _measurements(model, x, labels):
 
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_every_measurement_leaves_parameters_grads_buffers_modes_and_rngs_untouched(norm, mode, one_torch_thread):
+def test_every_measurement_leaves_parameters_grads_buffers_modes_and_rngs_untouched(norm, mode):
     model = tiny_net(norm)
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)  # running stats moved once, .grad set, noise drawn
     model.train(mode == "train")
-    for name, run in _measurements(model, x, labels).items():
+    for run in _measurements(model, x, labels).values():
         before = _state(model)
         run()
         _assert_same_state(before, _state(model))
 
 
 @pytest.mark.parametrize("norm", NORMS)
-def test_measurements_see_the_training_mode_function_even_when_called_in_eval_mode(norm, one_torch_thread):
+def test_measurements_see_the_training_mode_function_even_when_called_in_eval_mode(norm):
     model = tiny_net(norm)
     x, labels = tiny_batch()
     training_step_forward(model, x, labels)
@@ -167,3 +179,14 @@ def test_measurements_see_the_training_mode_function_even_when_called_in_eval_mo
     model.eval()
     probe = landscape_probe(model, F.cross_entropy, x, labels, 0.1, [1.0])
     assert probe["loss0"] == pytest.approx(train_loss, rel=1e-12)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "noisy_bn"])
+def test_measurements_create_no_grad_fields(norm):
+    model = tiny_net(norm)
+    x, labels = tiny_batch()
+    training_step_forward(model, x, labels)
+    model.zero_grad(set_to_none=True)  # as after optimizer.zero_grad(): measurements must not refill .grad
+    for name, run in _measurements(model, x, labels).items():
+        run()
+        assert all(p.grad is None for p in model.parameters()), name

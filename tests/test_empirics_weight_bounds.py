@@ -11,7 +11,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirics.weight_bounds import spectral_norm_sq, unfolded_input, weight_bound_terms
-from tests.test_empirics_measurements import one_torch_thread, tiny_batch, tiny_net  # noqa: F401
+from tests.test_empirics_measurements import single_torch_thread, tiny_batch, tiny_net
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    with single_torch_thread():
+        yield
 
 RTOL = 1e-10  # float64, summation order only
 
@@ -61,7 +67,7 @@ def _reference(model, layer_index, x, labels):
 
 @pytest.mark.parametrize("net, layer_index", [("tiny", 0), ("tiny", 3), ("tiny", 8), ("strided", 0)],
                          ids=["conv-first", "conv-after-bn", "linear", "conv-stride2-dilation2"])
-def test_terms_match_loops_and_the_identity_holds(net, layer_index, one_torch_thread):
+def test_terms_match_loops_and_the_identity_holds(net, layer_index):
     model = tiny_net("batchnorm") if net == "tiny" else _strided_net()
     x, labels = tiny_batch() if net == "tiny" else tiny_batch(n=4, seed=2)
     if net == "strided":
