@@ -13,7 +13,8 @@ moves, so G'_1 = G_1 exactly (ics_l2 = 0, cos = 1) and it is not recomputed. Red
 
 Cost: G from one forward+backward, or free when the training step's gradients are passed; then one
 forward plus a backward truncated at W_i (torch.func.grad w.r.t. group i only) per layer i > 1.
-Everything runs through `landscape.training_function`: no running-statistics update, no .grad
+Measured (VGG-1d default, batch 128, one CPU thread): 0.7-0.9 of a training forward+backward per
+shifted layer, 8 groups in all. Everything runs through `landscape.training_function`: no running-statistics update, no .grad
 written, noise replayed, RNG untouched.
 
 The update: plain SGD has Delta = -lr * G (`sgd_update`). With momentum or any other optimiser,
