@@ -108,7 +108,9 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
         l2, cos, norm, shifted_norm = [], [], [], []
         moved = dict(current)  # groups < i displaced by their update as i advances
         for index, group in enumerate(layer_params):
-            g = _flat64([grads[name] for name in group])
+            # a parameter with no gradient (None .grad: unused by the loss) has G = 0
+            g = _flat64([torch.zeros_like(current[name]) if grads.get(name) is None else grads[name]
+                         for name in group])
             if index == 0:
                 g_shift = g
             else:
