@@ -68,3 +68,24 @@ def jacobian(normaliser: str, batch: np.ndarray, gamma_value: float, eps_value: 
     stats = [fn(*moments) for fn in stat_fns]
     size = batch.shape[0]
     return entry_fn(batch[:, None], batch[None, :], np.eye(size), *stats, gamma_value, eps_value, size)
+
+
+# --- weight space (thm4.4): the weight-space statements' block, kept separate from the above -------
+
+from theory.weight_space import normalises_over_batch, per_unit_bound_expression, x_op_sq  # noqa: E402
+
+
+@functools.cache
+def weight_grad_bound(normaliser: str = "batchnorm"):
+    """f(x_op_sq, g_sq, g_sum, g_yhat, m, gamma, sigma) = ||X||_2^2 * RHS_thm4.1 (thm4.4-per-unit).
+
+    Bounds ||dL-hat/dW_{.j}||^2 = ||X^T dL-hat/dy_j||^2 for one unit j of a dense layer y = X W, with
+    x_op_sq = ||X||_2^2 the squared spectral norm of the layer's input batch X (m x d) and the other
+    arguments as for `activation_bound` (g = dL-hat/dz_j over the same batch). Only for normalisers
+    whose groups are one unit over the batch (`weight_space.normalises_over_batch`).
+    """
+    target = _normaliser(normaliser)
+    if not normalises_over_batch(target):
+        raise KeyError(f"no per-unit weight bound for {normaliser}: its groups run over {target.axis!r}, not one "
+                       "unit over the batch, so y_j = X W_(.j) is not one group; use a batch-axis normaliser")
+    return sp.lambdify((x_op_sq, *_INVARIANT_ARGS[:-1]), per_unit_bound_expression(derive(target)), "numpy")
