@@ -20,10 +20,15 @@ class ConfigError(ValueError):
 
 
 class Norm(str, enum.Enum):
-    """Normalisation placed after every convolution of the model."""
+    """Normalisation placed after every convolution (VGG) or hidden layer (DLN) of the model."""
 
     NONE = "none"
     BATCHNORM = "batchnorm"
+    NOISY_BATCHNORM = "noisy_batchnorm"  # BN + paper Algorithm 1 noise (empirics.noisy)
+    NOISY_NONE = "noisy_none"  # the same noise without BN: "noise added to a standard network"
+    LP1 = "lp1"  # l_p batch normalisations of §3.3, built from their theory formula
+    LP2 = "lp2"
+    LPINF = "lpinf"
 
 
 class Device(str, enum.Enum):
@@ -62,6 +67,60 @@ class TrainConfig:
     eval_every: int = 50  # steps between test-set evaluations
     log_every: int = 10  # steps between recorded training loss/accuracy points
     capture_every: int = 50  # steps between bound captures (hooks exist only on those steps)
+    probe_every: int = 50  # landscape, ICS, weight-bound and histogram probes of the experiments
+    curvature_every: int = 250  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """How often (in steps; 0 = never) each measurement runs during a training run.
+
+    Probes evaluate the training-mode function on the step's own batch and change nothing
+    (a test shows trajectories are bit-identical with and without them).
+    """
+
+    landscape_every: int = 0
+    # step sizes eta = multiplier * lr along -grad; paper: [0.5, 4] x lr for VGG, [0.01, 30] x lr for the DLN
+    landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+    ics_every: int = 0
+    curvature_every: int = 0  # thm4.2 Hessian quadratic forms at every BN layer
+    weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
+    histogram_every: int = 0  # activation distributions of every normalisation layer's output
+
+    def union(self, other: "ProbeConfig") -> "ProbeConfig":
+        """Every probe either config asks for, at the finer of the two frequencies."""
+        def finer(a: int, b: int) -> int:
+            return min(x for x in (a, b) if x > 0) if a or b else 0
+
+        if self.landscape_every and other.landscape_every and self.landscape_multipliers != other.landscape_multipliers:
+            raise ConfigError("two experiments probe the same run with different landscape grids; use one grid")
+        multipliers = self.landscape_multipliers if self.landscape_every else other.landscape_multipliers
+        return ProbeConfig(
+            landscape_every=finer(self.landscape_every, other.landscape_every), landscape_multipliers=multipliers,
+            ics_every=finer(self.ics_every, other.ics_every),
+            curvature_every=finer(self.curvature_every, other.curvature_every),
+            weight_bounds_every=finer(self.weight_bounds_every, other.weight_bounds_every),
+            histogram_every=finer(self.histogram_every, other.histogram_every),
+        )
+
+
+@dataclass(frozen=True)
+class DLNConfig:
+    """Deep linear network (paper §4): depth x Linear(width, width, bias=False), x ~ N(0, I), target A x.
+
+    Full-batch gradient descent on the mean over samples of ||f(x) - A x||^2 (empirics.dln).
+    """
+
+    depth: int = 25
+    width: int = 10
+    samples: int = 1000
+    steps: int = 1000
+    lrs: tuple[float, ...] = (1e-3,)
+    norms: tuple[Norm, ...] = (Norm.NONE, Norm.BATCHNORM)
+    eval_every: int = 50
+    log_every: int = 10
+    probe_every: int = 50  # landscape and ICS (layers #9, #17 in the paper)
+    landscape_multipliers: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0)
 
 
 @dataclass(frozen=True)
@@ -69,53 +128,70 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)  # probes of the `train` runs themselves
+    dln: DLNConfig = field(default_factory=DLNConfig)
+    # named experiments to run (empirics.experiments): train, noisy, ics, landscape, lp, dln, bounds
+    experiments: tuple[str, ...] = ("train",)
     device: Device = Device.AUTO
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
     threads: int = 1  # torch intra-op threads per run (set when the run starts, recorded; affects float sums)
     workers: int = 2  # runs trained in parallel processes (does not change any result; not in run ids)
 
 
-RUN_ID_EXCLUDED = ("workers",)  # scheduling only: the same run gives the same result with any value
+# What a run's result depends on, per model kind: the run id hashes exactly these sections (minus the
+# sweep lists, which say which runs exist, not what one run does), so adding an experiment or a
+# learning rate to a sweep never invalidates the runs already done. `workers` is scheduling only.
+RUN_SECTIONS = {"vgg1d": ("data", "model", "train", "threads", "device"), "dln": ("dln", "threads", "device")}
+SWEEP_KEYS = ("lrs", "norms", "seeds")
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One training run: the shared config and the (norm, lr, seed) that distinguish it."""
+    """One training run: the config, the (norm, lr, seed) that distinguish it, its kind and probes."""
 
     config: ExperimentConfig
     norm: Norm
     lr: float
     seed: int
+    kind: str = "vgg1d"  # "vgg1d" (mnist1d, SGD) or "dln" (deep linear network, full-batch GD)
+    probes: ProbeConfig = field(default_factory=ProbeConfig)
 
     @property
     def run_id(self) -> str:
-        shared = {key: value for key, value in to_dict(self.config).items() if key not in RUN_ID_EXCLUDED}
-        payload = {"config": shared, "norm": self.norm.value, "lr": self.lr, "seed": self.seed}
+        config = to_dict(self.config)
+        relevant = {}
+        for key in RUN_SECTIONS[self.kind]:
+            value = config[key]
+            relevant[key] = {k: v for k, v in value.items() if k not in SWEEP_KEYS} if isinstance(value, dict) else value
+        payload = {"kind": self.kind, "config": relevant, "norm": self.norm.value, "lr": self.lr, "seed": self.seed,
+                   "probes": to_dict(self.probes)}
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
-        return f"{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
+        prefix = "dln-" if self.kind == "dln" else ""
+        return f"{prefix}{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
 
+
+ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln")
 
 PRESETS: dict[str, ExperimentConfig] = {
     # seconds: for tests and CI
     "smoke": ExperimentConfig(
         model=ModelConfig(channels=(8, 8, 16, 16), hidden=32),
         train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
-                          capture_every=10),
-        workers=1,  # two tiny runs: spawning processes would cost more than it saves
+                          capture_every=10, probe_every=10, curvature_every=20),
+        dln=DLNConfig(depth=6, samples=200, steps=30, eval_every=10, log_every=5, probe_every=10),
+        experiments=ALL_EXPERIMENTS,
+        workers=1,  # tiny runs: spawning processes would cost more than it saves
     ),
     # minutes on a 2-core CPU
-    "default": ExperimentConfig(),
+    "default": ExperimentConfig(experiments=ALL_EXPERIMENTS),
 }
 
 
 def run_specs(config: ExperimentConfig) -> list[RunSpec]:
-    """Every (norm, lr, seed) combination of the config, in a stable order."""
-    return [
-        RunSpec(config, norm, lr, seed + config.seed_offset)
-        for lr in config.train.lrs
-        for norm in config.train.norms
-        for seed in config.train.seeds
-    ]
+    """Every run the config's experiments need, merged and in a stable order (empirics.experiments)."""
+    from .experiments import plan  # experiments builds on this module
+
+    return plan(config)
 
 
 def to_dict(obj) -> dict:
@@ -204,8 +280,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     for key in ("eval_every", "log_every", "capture_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
-    if t.bn_eps < 0:
-        raise ConfigError(f"train.bn_eps={t.bn_eps} must be >= 0")
+    if t.bn_eps <= 0:
+        raise ConfigError(f"train.bn_eps={t.bn_eps} must be > 0 (torch rejects eps = 0 in training mode)")
     for key in ("threads", "workers"):
         if getattr(config, key) < 1:
             raise ConfigError(f"{key}={getattr(config, key)} must be >= 1")

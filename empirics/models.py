@@ -15,20 +15,24 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig, Norm
+from .norms import NormFactory, norm_factory
 from .data import N_CLASSES, SIGNAL_LENGTH
 
 IN_CHANNELS = 1
 
 
-def _conv_blocks(channels: tuple[int, ...], norm: Norm, bn_eps: float) -> tuple[list[nn.Module], int]:
+def _conv_blocks(channels: tuple[int, ...], make_norm: NormFactory | None) -> tuple[list[nn.Module], int]:
     """Feature layers and the signal length they leave (each pool halves it, flooring)."""
     layers: list[nn.Module] = []
     length = SIGNAL_LENGTH
     previous = IN_CHANNELS
     for index, width in enumerate(channels):
-        layers.append(nn.Conv1d(previous, width, kernel_size=3, padding=1, bias=True))
-        if norm is Norm.BATCHNORM:
-            layers.append(nn.BatchNorm1d(width, eps=bn_eps))
+        conv = nn.Conv1d(previous, width, kernel_size=3, padding=1, bias=True)
+        layers.append(conv)
+        if make_norm is not None:
+            layers.append(make_norm(width))
+        else:
+            conv.norm_slot = True  # where the normaliser would be: the paper's histograms look here
         # not in-place: capture hooks keep the BN output and its gradient, which an in-place
         # ReLU would overwrite
         layers.append(nn.ReLU())
@@ -46,22 +50,25 @@ def _glorot_init(model: nn.Module, generator: torch.Generator | None) -> None:
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm1d):
             module.reset_parameters()  # gamma = 1, beta = 0, running mean 0 / var 1, no RNG
+        elif getattr(module, "norm_slot", False) and hasattr(module, "reset_parameters"):
+            module.reset_parameters()  # formula normalisers: gamma = 1, beta = 0, no RNG
 
 
 def build_model(
-    model_cfg: ModelConfig, norm: Norm, bn_eps: float, generator: torch.Generator | None = None
+    model_cfg: ModelConfig, norm: Norm, bn_eps: float, generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
 ) -> nn.Sequential:
     """A freshly initialised VGG-1d on the CPU, float32, in train() mode.
 
     Pass a seeded CPU `generator` for a reproducible initialisation; with None the global RNG is
-    used (and advanced).
+    used (and advanced). Noisy norms draw their noise from `noise_generator` only.
     """
     if model_cfg.name != "vgg1d":
         raise ConfigError(f"model.name={model_cfg.name!r} is not a known model; use 'vgg1d'")
     # Build on the meta device so PyTorch's default (Kaiming) init draws nothing from the global
     # RNG; real storage is allocated by to_empty() and filled by _glorot_init.
     with torch.device("meta"):
-        features, length = _conv_blocks(tuple(model_cfg.channels), norm, bn_eps)
+        features, length = _conv_blocks(tuple(model_cfg.channels), norm_factory(norm, bn_eps, noise_generator))
         if length < 1:
             raise ConfigError(
                 f"model.channels has {len(model_cfg.channels)} convs, whose {len(model_cfg.channels) // 2} "
@@ -80,5 +87,5 @@ def build_model(
 
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
-    """The model's normalisation layers in forward order (empty for Norm.NONE)."""
+    """The model's BatchNorm layers in forward order, also inside noisy BN (empty without BN)."""
     return [module for module in model.modules() if isinstance(module, nn.BatchNorm1d)]

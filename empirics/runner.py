@@ -60,7 +60,7 @@ def run_all(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> l
 
 
 def load_run(directory: Path) -> dict:
-    """{"spec": spec.json, "history": history.json, "captures": {column: np.ndarray}} of one run."""
+    """{"spec", "history", "captures": {column: array}, "probes": {"<probe>/<column>": array}} of one run."""
     directory = Path(directory)
     if not (directory / "done").exists():
         raise FileNotFoundError(f"{directory} has no 'done' marker: the run is missing or incomplete; rerun it")
@@ -68,4 +68,8 @@ def load_run(directory: Path) -> dict:
     history = json.loads((directory / "history.json").read_text())
     with np.load(directory / "captures.npz", allow_pickle=False) as archive:
         captures = {key: archive[key] for key in archive.files}
-    return {"spec": spec, "history": history, "captures": captures}
+    probes: dict[str, np.ndarray] = {}
+    if (directory / "probes.npz").exists():
+        with np.load(directory / "probes.npz", allow_pickle=False) as archive:
+            probes = {key: archive[key] for key in archive.files}
+    return {"spec": spec, "history": history, "captures": captures, "probes": probes}

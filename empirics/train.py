@@ -11,11 +11,13 @@ same m. Nothing reads or advances the global RNGs.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -27,7 +29,10 @@ from .capture import BoundCapture, concat_rows
 from .storage import strict_json, write_atomic, write_json
 from .config import ConfigError, Device, RunSpec, to_dict, validate
 from .data import load_mnist1d
+from .dln import build_dln, dln_loss, synthetic_regression
 from .models import build_model, norm_layers
+from .norms import norm_factory
+from .probes import ProbeRecorder
 
 EVAL_CHUNK = 1000  # samples per forward when evaluating a whole split; bounds memory only
 
@@ -43,13 +48,14 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _stream_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
-    """Independent CPU generators for model init and batch order, both derived from `seed`.
+def _stream_generators(seed: int) -> tuple[torch.Generator, torch.Generator, torch.Generator]:
+    """Independent CPU generators for model init, batch order and normaliser noise, from `seed`.
 
-    Separate streams keep the batch order unchanged when only the model's size changes.
+    Separate streams keep the batch order unchanged when only the model's size changes, and keep
+    init and order identical between a noisy and a plain run (SeedSequence children are stable).
     """
-    init_seed, order_seed = (int(child.generate_state(1, np.uint64)[0]) for child in np.random.SeedSequence(seed).spawn(2))
-    return torch.Generator().manual_seed(init_seed), torch.Generator().manual_seed(order_seed)
+    children = np.random.SeedSequence(seed).spawn(3)
+    return tuple(torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children)
 
 
 def _batch_indices(n: int, batch_size: int, generator: torch.Generator):
@@ -66,20 +72,22 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on a whole split in eval() mode (BN running statistics).
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy) -> tuple[float, float]:
+    """(mean loss, accuracy) on a whole split in eval() mode (BN running statistics).
 
-    Restores train() mode afterwards; evaluation never updates running statistics.
+    Accuracy is computed for integer labels only (nan for regression targets). Restores train()
+    mode afterwards; evaluation never updates running statistics.
     """
     model.eval()
     try:
         loss_sum, correct = 0.0, 0
         for start in range(0, len(y), EVAL_CHUNK):
-            logits = model(x[start : start + EVAL_CHUNK])  # (chunk, 10)
+            outputs = model(x[start : start + EVAL_CHUNK])  # (chunk, 10) logits, or (chunk, width)
             labels = y[start : start + EVAL_CHUNK]
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += int(_correct(logits, labels).sum().item())
-        return loss_sum / len(y), correct / len(y)
+            loss_sum += loss_fn(outputs, labels).item() * len(labels)  # every loss_fn here is a mean
+            if not labels.is_floating_point():
+                correct += int(_correct(outputs, labels).sum().item())
+        return loss_sum / len(y), (correct / len(y) if not y.is_floating_point() else float("nan"))
     finally:
         model.train()
 
@@ -102,22 +110,66 @@ class TrainResult:
     model: nn.Module  # final parameters, train() mode, on the run's device
     history: dict  # the content of history.json (floats may be non-finite)
     captures: dict[str, np.ndarray]  # the content of captures.npz
+    probes: dict[str, np.ndarray] = field(default_factory=dict)  # the content of probes.npz
+
+
+@dataclass
+class _Task:
+    """What differs between model kinds: the network, its data, loss, batches and accuracy."""
+
+    model: nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    batches: Iterator[torch.Tensor]
+    classifies: bool  # accuracies are meaningful (mnist1d) or not (DLN regression)
+
+
+def _vgg_task(spec: RunSpec, device: torch.device) -> _Task:
+    config = spec.config
+    data = load_mnist1d(config.data.seed)
+    init_generator, order_generator, noise_generator = _stream_generators(spec.seed)
+    model = build_model(config.model, spec.norm, config.train.bn_eps, generator=init_generator,
+                        noise_generator=noise_generator).to(device)
+    return _Task(model, data.x_train.to(device), data.y_train.to(device),  # (4000, 1, 40), (4000,)
+                 data.x_test.to(device), data.y_test.to(device), F.cross_entropy,
+                 _batch_indices(len(data.y_train), config.train.batch_size, order_generator), classifies=True)
+
+
+def _dln_task(spec: RunSpec, device: torch.device) -> _Task:
+    """Deep linear network, full batch: every step sees all samples; the test set is a fresh draw."""
+    d, bn_eps = spec.config.dln, spec.config.train.bn_eps
+    init_generator, _order, noise_generator = _stream_generators(spec.seed)
+    model = build_dln(d.depth, d.width, norm_factory(spec.norm, bn_eps, noise_generator) or "none",
+                      generator=init_generator).to(device)
+    x, target, a = synthetic_regression(d.samples, d.width, seed=spec.seed)
+    x_test = torch.randn(d.samples, d.width, generator=torch.Generator().manual_seed(spec.seed + 10_000))
+    everything = torch.arange(d.samples)
+    return _Task(model, x.to(device), target.to(device), x_test.to(device), (x_test @ a.T).to(device), dln_loss,
+                 itertools.repeat(everything), classifies=False)
+
+
+def _schedule(spec: RunSpec) -> tuple[int, int, int, int]:
+    """(steps, eval_every, log_every, capture_every) of the run's kind."""
+    if spec.kind == "dln":
+        d = spec.config.dln
+        return d.steps, d.eval_every, d.log_every, 0
+    t = spec.config.train
+    return t.steps, t.eval_every, t.log_every, t.capture_every
 
 
 def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
     """Train one run in memory; a non-finite loss stops it cleanly with `diverged_at` set."""
-    config = validate(spec.config)
-    t = config.train
-    device = resolve_device(config.device)
-    data = load_mnist1d(config.data.seed)
-    x_train, y_train = data.x_train.to(device), data.y_train.to(device)  # (4000, 1, 40), (4000,)
-    x_test, y_test = data.x_test.to(device), data.y_test.to(device)
-
-    init_generator, order_generator = _stream_generators(spec.seed)
-    model = build_model(config.model, spec.norm, t.bn_eps, generator=init_generator).to(device)
+    validate(spec.config)
+    device = resolve_device(spec.config.device)
+    task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, device)
+    model = task.model
+    steps, eval_every, log_every, capture_every = _schedule(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0, weight_decay=0.0)
-    capture = BoundCapture(model) if norm_layers(model) else None
-    batches = _batch_indices(len(y_train), t.batch_size, order_generator)
+    capture = BoundCapture(model) if norm_layers(model) and capture_every else None
+    probes = ProbeRecorder(spec.probes, model, task.loss_fn, spec.lr)
 
     train_log = {"step": [], "loss": [], "acc": []}
     test_log = {"step": [], "loss": [], "acc": []}
@@ -127,57 +179,66 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
     started = time.perf_counter()
 
     def record_test(step: int) -> None:
-        loss, acc = evaluate(model, x_test, y_test)
+        loss, acc = evaluate(model, task.x_test, task.y_test, task.loss_fn)
         test_log["step"].append(step)
         test_log["loss"].append(loss)
-        test_log["acc"].append(acc)
+        test_log["acc"].append(acc if task.classifies else None)
 
-    bar = tqdm(range(t.steps), desc=spec.run_id, disable=not progress)
+    bar = tqdm(range(steps), desc=spec.run_id, disable=not progress)
     for step in bar:
-        if step % t.eval_every == 0:
+        if step % eval_every == 0:
             record_test(step)
-        indices = next(batches).to(device)
-        xb, yb = x_train[indices], y_train[indices]  # (batch, 1, 40), (batch,)
-        capturing = capture is not None and (step % t.capture_every == 0 or step == t.steps - 1)
+        indices = next(task.batches).to(device)
+        xb, yb = task.x_train[indices], task.y_train[indices]  # (batch, 1, 40), (batch,) for VGG
+        capturing = capture is not None and (step % capture_every == 0 or step == steps - 1)
 
         optimizer.zero_grad(set_to_none=True)
         with (capture.active() if capturing else nullcontext()):
-            logits = model(xb)  # (batch, 10)
-            loss = F.cross_entropy(logits, yb)
+            logits = model(xb)  # (batch, 10) for VGG, (batch, width) for the DLN
+            loss = task.loss_fn(logits, yb)
             loss_value = loss.item()
             finite = math.isfinite(loss_value)
             if finite:
                 loss.backward()
 
-        if step % t.log_every == 0 or step == t.steps - 1 or not finite:
+        if step % log_every == 0 or step == steps - 1 or not finite:
             train_log["step"].append(step)
             train_log["loss"].append(loss_value)
-            train_log["acc"].append(_correct(logits.detach(), yb).float().mean().item())
+            train_log["acc"].append(_correct(logits.detach(), yb).float().mean().item() if task.classifies else None)
         if not finite:
             diverged_at = step
             break
         if capturing:
             capture_chunks.append(capture.collect(step))
+        probes.before_update(step, xb, yb)
+        before = ({n: p.detach().clone() for n, p in model.named_parameters()}
+                  if probes.wants_snapshot(step) else None)
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} if before is not None else None
         optimizer.step()
+        if before is not None:
+            probes.after_update(step, xb, yb, before, grads)
         steps_done = step + 1
-        if progress and step % t.log_every == 0:
+        if progress and step % log_every == 0:
             bar.set_postfix(loss=f"{loss_value:.3g}")
     bar.close()
 
     if not test_log["step"] or test_log["step"][-1] != steps_done:  # a divergence may land on an eval step
         record_test(steps_done)
+    final_train = evaluate(model, task.x_train, task.y_train, task.loss_fn)
     history = {
         "train": train_log,
         "test": test_log,
-        "final_train_acc": evaluate(model, x_train, y_train)[1],
+        "final_train_acc": final_train[1] if task.classifies else None,
         "final_test_acc": test_log["acc"][-1],
+        "final_train_loss": final_train[0],
+        "final_test_loss": test_log["loss"][-1],
         "diverged_at": diverged_at,
         "steps_done": steps_done,
         "wall_s": time.perf_counter() - started,
         "device": str(device),
         "backend": _backend_flags(),
     }
-    return TrainResult(model=model, history=history, captures=concat_rows(capture_chunks))
+    return TrainResult(model=model, history=history, captures=concat_rows(capture_chunks), probes=probes.arrays())
 
 
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
@@ -190,10 +251,12 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
     (out_dir / "done").unlink(missing_ok=True)  # a rerun is incomplete until it finishes
     write_json(
         out_dir / "spec.json",
-        {"run_id": spec.run_id, "norm": spec.norm.value, "lr": spec.lr, "seed": spec.seed, "config": to_dict(spec.config)},
+        {"run_id": spec.run_id, "kind": spec.kind, "norm": spec.norm.value, "lr": spec.lr, "seed": spec.seed,
+         "probes": to_dict(spec.probes), "config": to_dict(spec.config)},
     )
     result = train_model(spec, progress=progress)
     write_json(out_dir / "history.json", result.history)
     write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
+    write_atomic(out_dir / "probes.npz", lambda file: np.savez(file, **result.probes))
     write_atomic(out_dir / "done", lambda file: None)
     return strict_json(result.history)

@@ -139,6 +139,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
     for record in check_records:
         record["status"] = theory.get(record["normaliser"], {}).get(record["claim"], {}).get("status")
     run_records = [training.run_record(run) for run in runs]
+    classification = [r for r in run_records if r["kind"] == "vgg1d"]  # Fig. 1 curves and speed summary
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     timings["checks_s"] = time.perf_counter() - started
@@ -150,8 +151,9 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         "environment": environment(config),
         "theory": theory,
         "checks": check_records,
-        "training": run_records,
-        "training_summary": training.summarise(run_records),
+        "training": classification,
+        "training_summary": training.summarise(classification),
+        "dln_training": [r for r in run_records if r["kind"] == "dln"],
         "timings": timings,
     }
     write_json(out_dir / "results.json", results)

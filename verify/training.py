@@ -27,11 +27,13 @@ def run_record(run: dict) -> dict:
     spec, history = run["spec"], run["history"]
     return {
         "run_id": spec["run_id"],
+        "kind": spec.get("kind", "vgg1d"),
         "norm": spec["norm"],
         "lr": spec["lr"],
         "seed": spec["seed"],
         "final_train_acc": history["final_train_acc"],
         "final_test_acc": history["final_test_acc"],
+        "final_train_loss": history.get("final_train_loss"),
         "steps_done": history["steps_done"],
         "diverged_at": history["diverged_at"],
         "steps_to_threshold": steps_to_threshold(history),

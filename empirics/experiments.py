@@ -1,0 +1,91 @@
+"""The paper's experiments as named run sets; `plan` merges them into the runs to train.
+
+Each experiment says which (model kind, norm, lr, seed) runs it needs and which probes they must
+carry. Runs asked for by several experiments are trained once, with the union of their probes
+(probes never change a trajectory), so e.g. the BN run at lr 0.1 serves Fig. 1, 3, 4 and the bounds.
+
+    train      Fig. 1   VGG-1d, {none, BN} x train.lrs; BN runs capture thm4.1 quantities
+    noisy      Fig. 2   {none, BN, noisy BN, noisy none} at the first lr; activation histograms
+    ics        Fig. 3   {none, BN} at the first lr; internal covariate shift of every layer
+    landscape  Fig. 4   {none, BN} x train.lrs; loss / gradient / beta along the gradient
+    lp         Fig. 11  {BN, l1, l2, l-inf} at the first lr; landscape probes
+    bounds     §4       BN x train.lrs; thm4.2 curvature and thm4.4 weight-space terms
+    dln        Fig. 3/9 deep linear network {none, BN} x dln.lrs; landscape and ICS
+"""
+
+from __future__ import annotations
+
+from .config import ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
+
+BASELINE = (Norm.NONE, Norm.BATCHNORM)
+
+
+def _vgg(config: ExperimentConfig, norms, lrs, probes: ProbeConfig) -> list[RunSpec]:
+    return [RunSpec(config, norm, lr, seed + config.seed_offset, "vgg1d", probes)
+            for lr in lrs for norm in norms for seed in config.train.seeds]
+
+
+def train(config: ExperimentConfig) -> list[RunSpec]:
+    return _vgg(config, config.train.norms, config.train.lrs, config.probes)
+
+
+def noisy(config: ExperimentConfig) -> list[RunSpec]:
+    norms = (Norm.NONE, Norm.BATCHNORM, Norm.NOISY_BATCHNORM, Norm.NOISY_NONE)
+    return _vgg(config, norms, config.train.lrs[:1], ProbeConfig(histogram_every=config.train.probe_every))
+
+
+def ics(config: ExperimentConfig) -> list[RunSpec]:
+    return _vgg(config, BASELINE, config.train.lrs[:1], ProbeConfig(ics_every=config.train.probe_every))
+
+
+def _landscape_probes(config: ExperimentConfig) -> ProbeConfig:
+    return ProbeConfig(landscape_every=config.train.probe_every)
+
+
+def landscape(config: ExperimentConfig) -> list[RunSpec]:
+    return _vgg(config, BASELINE, config.train.lrs, _landscape_probes(config))
+
+
+def lp(config: ExperimentConfig) -> list[RunSpec]:
+    norms = (Norm.BATCHNORM, Norm.LP1, Norm.LP2, Norm.LPINF)
+    return _vgg(config, norms, config.train.lrs[:1], _landscape_probes(config))
+
+
+def bounds(config: ExperimentConfig) -> list[RunSpec]:
+    t = config.train
+    return _vgg(config, (Norm.BATCHNORM,), config.train.lrs,
+                ProbeConfig(curvature_every=t.curvature_every, weight_bounds_every=t.probe_every))
+
+
+def dln(config: ExperimentConfig) -> list[RunSpec]:
+    d = config.dln
+    probes = ProbeConfig(landscape_every=d.probe_every, landscape_multipliers=d.landscape_multipliers,
+                         ics_every=d.probe_every)
+    return [RunSpec(config, norm, lr, seed + config.seed_offset, "dln", probes)
+            for lr in d.lrs for norm in d.norms for seed in config.train.seeds]
+
+
+EXPERIMENTS = {"train": train, "noisy": noisy, "ics": ics, "landscape": landscape, "lp": lp, "bounds": bounds,
+               "dln": dln}
+
+
+def plan(config: ExperimentConfig) -> list[RunSpec]:
+    """The merged runs of every experiment in config.experiments, in first-asked order."""
+    unknown = [name for name in config.experiments if name not in EXPERIMENTS]
+    if unknown:
+        raise ConfigError(f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(EXPERIMENTS)}")
+    merged: dict[tuple, RunSpec] = {}
+    for name in config.experiments:
+        for spec in EXPERIMENTS[name](config):
+            key = (spec.kind, spec.norm, spec.lr, spec.seed)
+            if key in merged:
+                old = merged[key]
+                spec = RunSpec(old.config, old.norm, old.lr, old.seed, old.kind, old.probes.union(spec.probes))
+            merged[key] = spec
+    return list(merged.values())
+
+
+def runs_of(config: ExperimentConfig, experiment: str, specs: list[RunSpec]) -> list[RunSpec]:
+    """The merged runs that serve `experiment` (for the report's per-figure selection)."""
+    wanted = {(s.kind, s.norm, s.lr, s.seed) for s in EXPERIMENTS[experiment](config)}
+    return [s for s in specs if (s.kind, s.norm, s.lr, s.seed) in wanted]

@@ -1,0 +1,128 @@
+"""Probes during training: which measurement runs at which step, and the tables they fill.
+
+A `ProbeRecorder` is told by the training loop where it stands (after the step's backward, before
+the optimiser update; and after the update, for ICS) and calls the pure measurement functions of
+`landscape`, `ics`, `curvature`, `weight_bounds` and `activations` when their frequency in
+`ProbeConfig` is due. None of them changes parameters, gradients, buffers or RNG streams, so a run
+with probes follows the same trajectory as one without (tested).
+
+Tables (saved as `probes.npz`, keys `<probe>/<column>`):
+    landscape/  step, grad_norm, loss0, loss_range, grad_change_min/max, beta_eff, and (P, E) eta,
+                loss, grad_change over the step-size grid
+    ics/        step, and (P, layers) ics_l2, ics_cos, grad_norm, shifted_grad_norm
+    curvature/  one row per (step, layer, channel): thm4.2 quadratic forms and capture reductions
+    weights/    one row per (step, layer, channel): thm4.4 terms (||dL/dW_j||^2, ||X||_2^2, ||dL/dy_j||^2)
+    hist/       step, and (P, layers, bins) counts, (P, layers, C) mean, var; edges (layers, bins + 1)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import activations, curvature, ics, landscape, weight_bounds
+from .config import ProbeConfig
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _due(every: int, step: int) -> bool:
+    return every > 0 and step % every == 0
+
+
+def _norm_modules(model: nn.Module) -> list[nn.Module]:
+    """Outputs to histogram / layers to probe: every normalisation module, else every ReLU."""
+    norms = [m for m in model.modules() if m is not model and getattr(m, "is_normaliser", False)
+             or isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    return norms or [m for m in model.modules() if isinstance(m, nn.ReLU)]
+
+
+def _weight_layers(model: nn.Module) -> list[nn.Module]:
+    """Conv/Linear layers immediately followed by a BatchNorm (thm4.4: y = X W feeds the normaliser)."""
+    children = [m for m in model.modules() if not list(m.children())]
+    return [layer for layer, after in zip(children, children[1:])
+            if isinstance(layer, (nn.Conv1d, nn.Linear)) and isinstance(after, nn.modules.batchnorm._BatchNorm)]
+
+
+class ProbeRecorder:
+    def __init__(self, probes: ProbeConfig, model: nn.Module, loss_fn: LossFn, lr: float):
+        self.probes, self.model, self.loss_fn, self.lr = probes, model, loss_fn, lr
+        self.groups = ics.layer_groups(model)
+        self.tables: dict[str, list[dict]] = {"landscape": [], "ics": [], "curvature": [], "weights": [], "hist": []}
+        self._edges: list[np.ndarray] | None = None
+
+    def wants_snapshot(self, step: int) -> bool:
+        return _due(self.probes.ics_every, step)
+
+    def before_update(self, step: int, x: torch.Tensor, target: torch.Tensor) -> None:
+        """Measurements at W^t on this step's batch; .grad holds this step's gradient."""
+        p, model = self.probes, self.model
+        if _due(p.landscape_every, step):
+            grads = {name: param.grad for name, param in model.named_parameters()}
+            result = landscape.landscape_probe(model, self.loss_fn, x, target, self.lr, p.landscape_multipliers,
+                                               grads=grads)
+            self.tables["landscape"].append({"step": step, **result})
+        if _due(p.curvature_every, step):
+            for index, layer in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
+                rows = curvature.activation_curvature(model, layer, x, target, self.loss_fn)
+                self.tables["curvature"].append(_rows(step, index, rows))
+        if _due(p.weight_bounds_every, step):
+            for index, layer in enumerate(_weight_layers(model)):
+                terms = weight_bounds.weight_bound_terms(model, layer, x, target, self.loss_fn)
+                self.tables["weights"].append(_rows(step, index, terms))
+        if _due(p.histogram_every, step):
+            modules = _norm_modules(model)
+            if self._edges is None:  # fixed once per run, from the first histogram step
+                with landscape.training_function(model), torch.no_grad():
+                    kept = []
+                    handles = [m.register_forward_hook(lambda _m, _a, out: kept.append(out.detach())) for m in modules]
+                    try:
+                        model(x)
+                    finally:
+                        for handle in handles:
+                            handle.remove()
+                self._edges = [activations.bin_edges_from(out) for out in kept]
+            summaries = activations.activation_summary(model, x, modules, self._edges)
+            self.tables["hist"].append({"step": step, "summaries": summaries})
+
+    def after_update(self, step: int, x: torch.Tensor, target: torch.Tensor, before: dict, grads: dict) -> None:
+        """ICS of Definition 2.1: `before` = W^t, the model now holds W^{t+1}, `grads` = G at W^t."""
+        update = ics.observed_update(before, self.model)
+        result = ics.ics(self.model, self.loss_fn, x, target, self.groups, update, grads=grads, params=before)
+        self.tables["ics"].append({"step": step, **result})
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Everything recorded, as flat `<probe>/<column>` arrays for np.savez."""
+        out: dict[str, np.ndarray] = {}
+        for name in ("landscape", "ics"):
+            records = self.tables[name]
+            if records:
+                for key in records[0]:
+                    out[f"{name}/{key}"] = np.asarray([r[key] for r in records])
+        for name in ("curvature", "weights"):
+            chunks = self.tables[name]
+            if chunks:
+                for key in chunks[0]:
+                    out[f"{name}/{key}"] = np.concatenate([c[key] for c in chunks])
+        if self.tables["hist"]:
+            records = self.tables["hist"]
+            out["hist/step"] = np.asarray([r["step"] for r in records])
+            for layer, edges in enumerate(self._edges):
+                out[f"hist/edges_{layer}"] = edges
+                for key in ("counts", "mean", "var"):
+                    out[f"hist/{key}_{layer}"] = np.stack([r["summaries"][layer][key] for r in records])
+        return out
+
+
+def _rows(step: int, layer: int, columns: dict) -> dict[str, np.ndarray]:
+    """Per-channel columns of one layer at one step, with step/layer/channel ids (scalars broadcast)."""
+    channels = max(np.size(v) for v in columns.values())
+    rows = {"step": np.full(channels, step, dtype=np.int64), "layer": np.full(channels, layer, dtype=np.int64),
+            "channel": np.arange(channels, dtype=np.int64)}
+    for key, value in columns.items():
+        value = np.asarray(value)
+        rows[key] = value if value.size == channels else np.full(channels, value)
+    return rows
