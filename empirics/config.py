@@ -83,6 +83,7 @@ class ProbeConfig:
     # step sizes eta = multiplier * lr along -grad; paper: [0.5, 4] x lr for VGG, [0.01, 30] x lr for the DLN
     landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     ics_every: int = 0
+    ics_layers: tuple[int, ...] = ()  # layer groups to measure (0-based, empirics.ics.layer_groups); () = all
     curvature_every: int = 0  # thm4.2 Hessian quadratic forms at every BN layer
     weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
     histogram_every: int = 0  # activation distributions of every normalisation layer's output
@@ -98,6 +99,8 @@ class ProbeConfig:
         return ProbeConfig(
             landscape_every=finer(self.landscape_every, other.landscape_every), landscape_multipliers=multipliers,
             ics_every=finer(self.ics_every, other.ics_every),
+            ics_layers=() if not (self.ics_layers and other.ics_layers)
+            else tuple(sorted(set(self.ics_layers) | set(other.ics_layers))),
             curvature_every=finer(self.curvature_every, other.curvature_every),
             weight_bounds_every=finer(self.weight_bounds_every, other.weight_bounds_every),
             histogram_every=finer(self.histogram_every, other.histogram_every),
@@ -114,7 +117,8 @@ class DLNConfig:
     depth: int = 25
     width: int = 10
     samples: int = 1000
-    steps: int = 1000
+    steps: int = 500  # paper: 10k (the `paper` preset); ~30 ms a step here, overhead-bound
+    # mean loss over 1000 samples: the paper's summed-loss lrs 1e-6, 1e-7 correspond to 1e-3, 1e-4 here
     lrs: tuple[float, ...] = (1e-3,)
     norms: tuple[Norm, ...] = (Norm.NONE, Norm.BATCHNORM)
     eval_every: int = 50

@@ -59,8 +59,10 @@ def bounds(config: ExperimentConfig) -> list[RunSpec]:
 
 def dln(config: ExperimentConfig) -> list[RunSpec]:
     d = config.dln
+    # the paper's layers #9 and #17 of 25, at the same relative depth for other depths
+    layers = tuple(sorted({max(0, round(d.depth * k / 25) - 1) for k in (9, 17)}))
     probes = ProbeConfig(landscape_every=d.probe_every, landscape_multipliers=d.landscape_multipliers,
-                         ics_every=d.probe_every)
+                         ics_every=d.probe_every, ics_layers=layers)
     return [RunSpec(config, norm, lr, seed + config.seed_offset, "dln", probes)
             for lr in d.lrs for norm in d.norms for seed in config.train.seeds]
 

@@ -90,13 +90,15 @@ def _flat64(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
 
 def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor,
         layer_params: Sequence[Sequence[str]], update: dict[str, torch.Tensor], *,
-        grads: dict[str, torch.Tensor] | None = None, params: dict[str, torch.Tensor] | None = None) -> dict:
+        grads: dict[str, torch.Tensor] | None = None, params: dict[str, torch.Tensor] | None = None,
+        measure: Sequence[int] | None = None) -> dict:
     """Per layer group i: ||G_i - G'_i||_2 and cos(G_i, G'_i) of Definition 2.1 (module doc).
 
     layer_params: groups of parameter names in forward order (`layer_groups(model)` is one choice);
     update: {name: Delta}; grads: the gradients at `params` on this batch, if already computed (the
     training step's .grad); params: the parameters W^t when the model already holds W^{t+1}.
-    Returns float64 numpy arrays ics_l2, ics_cos, grad_norm (||G_i||), shifted_grad_norm (||G'_i||).
+    measure: indices of the groups to measure (default all); the others still move, at no cost, and
+    report nan. Returns float64 numpy arrays ics_l2, ics_cos, grad_norm (||G_i||), shifted_grad_norm (||G'_i||).
     """
     with training_function(model):
         current = parameter_dict(model)
@@ -111,7 +113,9 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
             # a parameter with no gradient (None .grad: unused by the loss) has G = 0
             g = _flat64([torch.zeros_like(current[name]) if grads.get(name) is None else grads[name]
                          for name in group])
-            if index == 0:
+            if measure is not None and index not in measure:
+                g_shift = torch.full_like(g, float("nan"))
+            elif index == 0:
                 g_shift = g
             else:
                 fixed = {name: p for name, p in moved.items() if name not in group}

@@ -91,7 +91,8 @@ class ProbeRecorder:
     def after_update(self, step: int, x: torch.Tensor, target: torch.Tensor, before: dict, grads: dict) -> None:
         """ICS of Definition 2.1: `before` = W^t, the model now holds W^{t+1}, `grads` = G at W^t."""
         update = ics.observed_update(before, self.model)
-        result = ics.ics(self.model, self.loss_fn, x, target, self.groups, update, grads=grads, params=before)
+        result = ics.ics(self.model, self.loss_fn, x, target, self.groups, update, grads=grads, params=before,
+                         measure=self.probes.ics_layers or None)
         self.tables["ics"].append({"step": step, **result})
 
     def arrays(self) -> dict[str, np.ndarray]:
