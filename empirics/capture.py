@@ -1,9 +1,10 @@
 """Capture, at chosen training steps, every BatchNorm channel's share of the thm4.1 quantities.
 
 For one BN channel the "batch" is every value that channel normalises together: all (sample,
-position) pairs of a (N, C, L) conv activation, so m = N * L, or the N samples of a (N, C) dense
-activation. With y the BN input of the channel, z = gamma * yhat + beta its output, g = dL/dz and
-dy = dL/dy (both from autograd in the training-mode graph):
+position) pairs of a (N, C, L) conv activation, so m = N * L; all (sample, h, w) of a (N, C, H, W)
+Conv2d activation, m = N * H * W; or the N samples of a (N, C) dense activation. With y the BN
+input of the channel, z = gamma * yhat + beta its output, g = dL/dz and dy = dL/dy (both from
+autograd in the training-mode graph):
 
     mean  = <1, y> / m                 var = ||y - mean||^2 / m   (biased, as BN normalises)
     sigma = sqrt(var + eps)            yhat = (y - mean) / sigma
@@ -27,8 +28,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import norm_layers
-
 REDUCTION_KEYS = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
 ROW_KEYS = ("step", "layer", "channel", *REDUCTION_KEYS)
 INT_KEYS = ("step", "layer", "channel", "m")
@@ -42,22 +41,31 @@ def _float64(values) -> np.ndarray:
 
 
 def _channels_by_rows(values, name: str) -> np.ndarray:
-    """(N, C, L) or (N, C) -> float64 (C, m): one row per channel holding its whole BN batch."""
+    """(N, C), (N, C, L) or (N, C, H, W) -> float64 (C, m): one row per channel, its whole BN batch."""
     array = _float64(values)
     if array.ndim == 2:  # (batch, channels)
         return array.T
-    if array.ndim == 3:  # (batch, channels, length): a channel's batch is all (sample, position)
-        return array.transpose(1, 0, 2).reshape(array.shape[1], -1)
-    raise ValueError(f"{name} has shape {array.shape}; BatchNorm1d inputs are (N, C) or (N, C, L)")
+    if array.ndim in (3, 4):  # (batch, channels, *spatial): a channel's batch is all (sample, position)
+        return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1)
+    raise ValueError(f"{name} has shape {array.shape}; BatchNorm1d/2d inputs are (N, C), (N, C, L) "
+                     "or (N, C, H, W)")
+
+
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm1d and BatchNorm2d layers in forward order, also inside noisy BN.
+
+    For 1-D models exactly `models.norm_layers` (BatchNorm1d only), so layer indices are unchanged.
+    """
+    return [module for module in model.modules() if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))]
 
 
 def channel_reductions(y, g, dy, gamma, eps: float) -> dict[str, np.ndarray]:
     """Per-channel float64 reductions of one BN layer's input y, output-gradient g, input-gradient dy.
 
-    y, g, dy: (N, C, L) or (N, C), tensors or arrays of one shape; gamma: (C,); eps: BN's eps.
-    Statistics are over every axis but the channel axis, with biased variance and eps inside the
-    square root, as BatchNorm1d computes them in train() mode. Returns 1-D arrays of length C
-    keyed by REDUCTION_KEYS (m as int64, the rest float64).
+    y, g, dy: (N, C), (N, C, L) or (N, C, H, W), tensors or arrays of one shape; gamma: (C,); eps:
+    BN's eps. Statistics are over every axis but the channel axis, with biased variance and eps
+    inside the square root, as BatchNorm1d/2d compute them in train() mode. Returns 1-D arrays of
+    length C keyed by REDUCTION_KEYS (m as int64, the rest float64).
     """
     y_rows = _channels_by_rows(y, "y")  # (C, m)
     g_rows = _channels_by_rows(g, "g")
@@ -112,7 +120,7 @@ class _LayerRecord:
 
 
 class BoundCapture:
-    """Hooks every BatchNorm layer of `model` while `active()`, then reduces per channel.
+    """Hooks every BatchNorm1d/2d layer of `model` while `active()`, then reduces per channel.
 
         with capture.active():
             loss = loss_fn(model(x), target)
@@ -123,7 +131,7 @@ class BoundCapture:
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = norm_layers(model)
+        self.layers = batchnorm_layers(model)
         self._records: dict[int, list[_LayerRecord]] = {}
         self._handles: list = []
 
@@ -165,7 +173,7 @@ class BoundCapture:
     def collect(self, step: int) -> dict[str, np.ndarray]:
         """Rows for every (layer, channel) of the last active() block, then forget it.
 
-        Keys: step, layer (index into norm_layers), channel, and channel_reductions' keys.
+        Keys: step, layer (index into batchnorm_layers), channel, and channel_reductions' keys.
         """
         chunks = []
         for index in range(len(self.layers)):

@@ -68,7 +68,8 @@ class TrainConfig:
     log_every: int = 10  # steps between recorded training loss/accuracy points
     capture_every: int = 50  # steps between bound captures (hooks exist only on those steps)
     probe_every: int = 50  # landscape, ICS, weight-bound and histogram probes of the experiments
-    curvature_every: int = 250  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
+    curvature_every: int = 500  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
+    curvature_layers: tuple[int, ...] = (0, -1)  # first and last BN layer (negative: from the end)
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class ProbeConfig:
     landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
     ics_every: int = 0
     ics_layers: tuple[int, ...] = ()  # layer groups to measure (0-based, empirics.ics.layer_groups); () = all
-    curvature_every: int = 0  # thm4.2 Hessian quadratic forms at every BN layer
+    curvature_every: int = 0  # thm4.2 Hessian quadratic forms at BN layers
+    curvature_layers: tuple[int, ...] = ()  # BN layer indices (negative from the end); () = all
     weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
     histogram_every: int = 0  # activation distributions of every normalisation layer's output
 
@@ -102,6 +104,8 @@ class ProbeConfig:
             ics_layers=() if not (self.ics_layers and other.ics_layers)
             else tuple(sorted(set(self.ics_layers) | set(other.ics_layers))),
             curvature_every=finer(self.curvature_every, other.curvature_every),
+            curvature_layers=() if not (self.curvature_layers and other.curvature_layers)
+            else tuple(sorted(set(self.curvature_layers) | set(other.curvature_layers))),
             weight_bounds_every=finer(self.weight_bounds_every, other.weight_bounds_every),
             histogram_every=finer(self.histogram_every, other.histogram_every),
         )
@@ -181,7 +185,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     "smoke": ExperimentConfig(
         model=ModelConfig(channels=(8, 8, 16, 16), hidden=32),
         train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
-                          capture_every=10, probe_every=10, curvature_every=20),
+                          capture_every=10, probe_every=10, curvature_every=20, curvature_layers=(0,)),
         dln=DLNConfig(depth=6, samples=200, steps=30, eval_every=10, log_every=5, probe_every=10),
         experiments=ALL_EXPERIMENTS,
         workers=1,  # tiny runs: spawning processes would cost more than it saves

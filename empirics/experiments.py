@@ -54,7 +54,8 @@ def lp(config: ExperimentConfig) -> list[RunSpec]:
 def bounds(config: ExperimentConfig) -> list[RunSpec]:
     t = config.train
     return _vgg(config, (Norm.BATCHNORM,), config.train.lrs,
-                ProbeConfig(curvature_every=t.curvature_every, weight_bounds_every=t.probe_every))
+                ProbeConfig(curvature_every=t.curvature_every, curvature_layers=t.curvature_layers,
+                            weight_bounds_every=t.probe_every))
 
 
 def dln(config: ExperimentConfig) -> list[RunSpec]:

@@ -10,11 +10,11 @@ with the paper's constants n_mu = 0.5, n_sigma = 1.25, r_mu = r_sigma = 0.1. The
 constant of the step: gradients flow through `s_ij * a_ij` with s_ij fixed, never into the draws.
 In eval() mode the noise is off (identity).
 
-Choice for conv activations (N, C, L): the "unit" j is a channel (what BN normalises) and the
-per-sample index i runs over every (sample, position) pair, i.e. over every element of the channel's
-BN batch (m = N * L, as `capture.py` counts it). This reading makes the noise act on exactly the
-distribution BN normalises. `per_position=False` instead draws one (m_ij, s_ij) per (sample, channel)
-and shares it along the length axis.
+Choice for conv activations (N, C, L) or (N, C, H, W): the "unit" j is a channel (what BN
+normalises) and the per-sample index i runs over every (sample, position) pair, i.e. over every
+element of the channel's BN batch (m = N * L or N * H * W, as `capture.py` counts it). This reading
+makes the noise act on exactly the distribution BN normalises. `per_position=False` instead draws one
+(m_ij, s_ij) per (sample, channel) and shares it along the spatial axes.
 
 Randomness: every draw comes from the module's own `torch.Generator` (share one generator, seeded
 from the run seed, between all noisy modules of a model), never from the global RNG, so adding noise
@@ -51,8 +51,8 @@ def _as_generator(generator: torch.Generator | int | None) -> torch.Generator:
 class NoisyIdentity(nn.Module):
     """a <- s * a + m, Algorithm 1's noise on its own (no BN): "noise added to a standard network".
 
-    Input (N, C) or (N, C, L); `num_features` = C. See the module docstring for the distribution,
-    the per-position choice and the generator. The last train() draw is kept as `last_scale`,
+    Input (N, C), (N, C, L) or (N, C, H, W); `num_features` = C. See the module docstring for the
+    distribution, the per-position choice and the generator. The last train() draw is kept as `last_scale`,
     `last_shift` (shape of the input, detached) so measurements can replay it (`frozen_noise`).
     """
 
@@ -79,12 +79,13 @@ class NoisyIdentity(nn.Module):
 
     def _draw(self, shape: torch.Size, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale s, shift m), each of `shape`; draw order: mu, sigma (per unit), then m, s (per element)."""
-        if len(shape) not in (2, 3) or shape[1] != self.num_features:
-            raise ValueError(f"input has shape {tuple(shape)}; expected (N, {self.num_features}) or "
-                             f"(N, {self.num_features}, L)")
+        if len(shape) not in (2, 3, 4) or shape[1] != self.num_features:
+            raise ValueError(f"input has shape {tuple(shape)}; expected (N, {self.num_features}), "
+                             f"(N, {self.num_features}, L) or (N, {self.num_features}, H, W)")
         gen, device = self.generator, self.generator.device
-        unit_shape = (1, shape[1]) + (1,) * (len(shape) - 2)  # broadcast over samples and positions
-        element_shape = shape if (self.per_position or len(shape) == 2) else (shape[0], shape[1], 1)
+        spatial = (1,) * (len(shape) - 2)
+        unit_shape = (1, shape[1]) + spatial  # broadcast over samples and positions
+        element_shape = shape if self.per_position else (shape[0], shape[1]) + spatial
 
         def uniform(size, low, high):
             return low + (high - low) * torch.rand(size, generator=gen, device=device, dtype=dtype)
@@ -121,16 +122,29 @@ class NoisyBatchNorm1d(nn.Module):
     train() mode; running statistics are those of the clean BN input.
     """
 
+    batchnorm_type: type[nn.Module] = nn.BatchNorm1d
+
     def __init__(self, num_features: int, eps: float = 1e-5, *, generator: torch.Generator | int,
                  n_mu: float = N_MU, n_sigma: float = N_SIGMA, r_mu: float = R_MU, r_sigma: float = R_SIGMA,
                  per_position: bool = True):
         super().__init__()
-        self.bn = nn.BatchNorm1d(num_features, eps=eps)
+        self.bn = self.batchnorm_type(num_features, eps=eps)
         self.noise = NoisyIdentity(num_features, generator=generator, n_mu=n_mu, n_sigma=n_sigma,
                                    r_mu=r_mu, r_sigma=r_sigma, per_position=per_position)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return self.noise(self.bn(y))
+
+
+class NoisyBatchNorm2d(NoisyBatchNorm1d):
+    """z = BatchNorm2d(y), then Algorithm 1 noise: NoisyBatchNorm1d for (N, C, H, W) conv activations.
+
+    Identical except that `bn` is an nn.BatchNorm2d (statistics over every (sample, h, w) of a
+    channel, m = N * H * W), so BatchNorm2d-aware code (`capture.BoundCapture`) finds it. A subclass,
+    so code that recognises noisy BN by `isinstance(module, NoisyBatchNorm1d)` treats both alike.
+    """
+
+    batchnorm_type = nn.BatchNorm2d
 
 
 @contextlib.contextmanager

@@ -66,8 +66,10 @@ class ProbeRecorder:
                                                grads=grads)
             self.tables["landscape"].append({"step": step, **result})
         if _due(p.curvature_every, step):
-            for index, layer in enumerate(m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)):
-                rows = curvature.activation_curvature(model, layer, x, target, self.loss_fn)
+            layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+            chosen = sorted({i % len(layers) for i in p.curvature_layers}) if p.curvature_layers else range(len(layers))
+            for index in chosen if layers else ():
+                rows = curvature.activation_curvature(model, layers[index], x, target, self.loss_fn)
                 self.tables["curvature"].append(_rows(step, index, rows))
         if _due(p.weight_bounds_every, step):
             for index, layer in enumerate(_weight_layers(model)):

@@ -1,9 +1,12 @@
-"""thm4.4's weight-space quantities for one Conv1d or Linear layer, per output channel.
+"""thm4.4's weight-space quantities for one Conv1d, Conv2d or Linear layer, per output channel.
 
 A layer y = X W + b written as a matrix product: for Linear, X is its (N, in) input and W_{.j} the
 j-th row of the weight; for Conv1d, X is the unfolded input, one row per (sample, output position)
 holding the (in_channels * kernel) values that position sees (zero padding, stride and dilation as
-the conv), and W_{.j} the j-th filter flattened channel-major as `weight[j].reshape(-1)`. Then
+the conv), and W_{.j} the j-th filter flattened channel-major as `weight[j].reshape(-1)`; for Conv2d
+likewise, one row per (sample, output row, output column), sample-major then row-major, holding the
+in_channels * kh * kw values the position sees, ordered as `weight[j].reshape(-1)` (channel, kh, kw).
+Then
 
     dL/dW_{.j} = X^T dL/dy_j         (bias excluded; y_j the layer output of channel j, as a column)
     ||dL/dW_{.j}||^2 <= ||X||_2^2 ||dL/dy_j||^2
@@ -18,7 +21,9 @@ exact), and the scalars x_spec_sq = ||X||_2^2 and rows = number of rows of X (= 
 ||X||_2^2 is the largest eigenvalue of the smaller Gram matrix (X^T X, or X X^T when X is wide),
 formed and diagonalised in float64 (eigvalsh: exact to rounding, relative error ~ rows * 2^-53; the
 Gram of a VGG-1d layer is at most 192 x 192, far cheaper than an SVD of X, and needs no power
-iteration or tolerance). Train() mode, via `landscape.training_function`: no side effects.
+iteration or tolerance). For VGG-11/16 on CIFAR-10 at batch 128 the Gram is min(N * H * W, 9 C_in)
+square, at most 2304 x 2304 (the 256-channel convs at 8 x 8), and X itself up to 32768 x 576
+float64 (150 MB, the second conv): probe VGG-2d sparsely. Train() mode, via `landscape.training_function`: no side effects.
 """
 
 from __future__ import annotations
@@ -31,17 +36,22 @@ from .landscape import LossFn, parameter_dict, training_function, training_loss
 
 
 def unfolded_input(layer: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
-    """X: (N, in) for Linear; (N * L_out, C_in * kernel) for Conv1d, rows ordered sample-major."""
+    """X: (N, in) for Linear; (N * L_out, C_in * kernel) for Conv1d; (N * H_out * W_out, C_in * kh * kw)
+    for Conv2d; rows ordered sample-major (then output row, then output column)."""
     if isinstance(layer, nn.Linear):
         if inputs.dim() != 2:
             raise ValueError(f"Linear input has shape {tuple(inputs.shape)}; only (N, features) is supported")
         return inputs
-    if not isinstance(layer, nn.Conv1d):
-        raise TypeError(f"{layer!r} is neither Conv1d nor Linear; thm4.4 terms need y = X W")
+    if not isinstance(layer, (nn.Conv1d, nn.Conv2d)):
+        raise TypeError(f"{layer!r} is neither Conv1d nor Linear nor Conv2d; thm4.4 terms need y = X W")
     if layer.groups != 1 or layer.padding_mode != "zeros" or isinstance(layer.padding, str):
         raise ValueError(f"{layer!r}: only groups=1, zero padding given as integers is supported "
                          f"(got groups={layer.groups}, padding={layer.padding!r}, padding_mode={layer.padding_mode!r})")
     channels = inputs.shape[1]
+    if isinstance(layer, nn.Conv2d):
+        columns = F.unfold(inputs, kernel_size=layer.kernel_size, dilation=layer.dilation, padding=layer.padding,
+                           stride=layer.stride)  # (N, C_in * kh * kw, H_out * W_out)
+        return columns.transpose(1, 2).reshape(-1, columns.shape[1])
     columns = F.unfold(inputs.unsqueeze(2), kernel_size=(1, layer.kernel_size[0]), dilation=(1, layer.dilation[0]),
                        padding=(0, layer.padding[0]), stride=(1, layer.stride[0]))  # (N, C_in * k, L_out)
     return columns.transpose(1, 2).reshape(-1, channels * layer.kernel_size[0])
@@ -56,7 +66,7 @@ def spectral_norm_sq(matrix: torch.Tensor) -> float:
 
 def weight_bound_terms(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor,
                        loss_fn: LossFn) -> dict:
-    """Per output channel of `layer` (a Conv1d or Linear run once per forward): the thm4.4 terms above."""
+    """Per output channel of `layer` (a Conv1d, Conv2d or Linear run once per forward): the thm4.4 terms above."""
     with training_function(model):
         params = parameter_dict(model)
         weight_name = next((name for name, p in model.named_parameters() if p is layer.weight), None)
@@ -80,7 +90,7 @@ def weight_bound_terms(model: nn.Module, layer: nn.Module, x: torch.Tensor, targ
         matrix = unfolded_input(layer, captured["inputs"][0]).double()  # (rows, fan_in)
         channels = grad_w.shape[0]
         grad_w = grad_w.detach().double().reshape(channels, -1)  # (C_out, fan_in)
-        # (N, C_out, L_out) -> (C_out, N * L_out), sample-major like the rows of X; (N, C_out) -> (C_out, N)
+        # (N, C_out, *spatial) -> (C_out, N * prod(spatial)), sample-major like the rows of X; (N, C_out) -> (C_out, N)
         dy = grad_y.detach().double().transpose(0, 1).reshape(channels, -1)
         identity_err = torch.linalg.vector_norm(grad_w - dy @ matrix, dim=1)
         result = {
