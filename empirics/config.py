@@ -39,19 +39,23 @@ class Device(str, enum.Enum):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """mnist1d, generated procedurally by the `mnist1d` package (4000 train / 1000 test signals)."""
+    """mnist1d (generated procedurally, offline: 4000 train / 1000 test signals) or CIFAR-10 read from
+    a local `cifar-10-batches-py` directory (`root`, the CLI's --data-root)."""
 
-    name: str = "mnist1d"
+    name: str = "mnist1d"  # "mnist1d" | "cifar10"
     seed: int = 42  # mnist1d's own generation seed (its published default)
+    root: str = ""  # CIFAR-10: the cifar-10-batches-py folder or its parent
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """1-D VGG-style net: blocks of (conv3 -> [norm] -> ReLU), max-pool after every second conv."""
+    """vgg1d: blocks of (conv3 -> [norm] -> ReLU), max-pool after every second conv (mnist1d);
+    vgg11 / vgg16: the 2-D VGGs for CIFAR-10 (empirics.vgg2d), widths scaled by width_multiplier."""
 
-    name: str = "vgg1d"
-    channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)  # ~15 ms per SGD step at batch 128 on one CPU core
-    hidden: int = 256
+    name: str = "vgg1d"  # "vgg1d" | "vgg11" | "vgg16"
+    channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)  # vgg1d only; ~15 ms per SGD step at batch 128, one core
+    hidden: int = 256  # vgg1d only
+    width_multiplier: float = 1.0  # vgg11 / vgg16 only
 
 
 @dataclass(frozen=True)
@@ -142,7 +146,7 @@ class ExperimentConfig:
     experiments: tuple[str, ...] = ("train",)
     device: Device = Device.AUTO
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
-    threads: int = 1  # torch intra-op threads per run (set when the run starts, recorded; affects float sums)
+    threads: int = 1  # torch intra-op threads per run (0 = torch's default; recorded; affects float sums)
     workers: int = 2  # runs trained in parallel processes (does not change any result; not in run ids)
 
 
@@ -192,6 +196,18 @@ PRESETS: dict[str, ExperimentConfig] = {
     ),
     # minutes on a 2-core CPU
     "default": ExperimentConfig(experiments=ALL_EXPERIMENTS),
+    # the paper's scale, for a GPU: VGG-16 on CIFAR-10 (local folder via --data-root), 15k steps,
+    # batch 128, lr 0.1 / 0.5; the DLN at 10k steps and both of the paper's learning rates
+    "paper": ExperimentConfig(
+        data=DataConfig(name="cifar10"),
+        model=ModelConfig(name="vgg16"),
+        train=TrainConfig(steps=15_000, batch_size=128, lrs=(0.1, 0.5), seeds=(0, 1, 2), eval_every=500,
+                          log_every=50, capture_every=500, probe_every=100, curvature_every=2500),
+        dln=DLNConfig(steps=10_000, lrs=(1e-3, 1e-4), eval_every=500, log_every=50, probe_every=100),
+        experiments=ALL_EXPERIMENTS,
+        threads=0,
+        workers=1,  # one GPU: runs in sequence
+    ),
 }
 
 
@@ -290,9 +306,18 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.bn_eps <= 0:
         raise ConfigError(f"train.bn_eps={t.bn_eps} must be > 0 (torch rejects eps = 0 in training mode)")
-    for key in ("threads", "workers"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key}={getattr(config, key)} must be >= 1")
+    if config.threads < 0 or config.workers < 1:
+        raise ConfigError(f"threads={config.threads} must be >= 0 and workers={config.workers} >= 1")
+    if config.data.name not in ("mnist1d", "cifar10"):
+        raise ConfigError(f"data.name={config.data.name!r} is not known; use mnist1d or cifar10")
+    if config.model.name not in ("vgg1d", "vgg11", "vgg16"):
+        raise ConfigError(f"model.name={config.model.name!r} is not known; use vgg1d, vgg11 or vgg16")
+    if (config.model.name == "vgg1d") != (config.data.name == "mnist1d"):
+        raise ConfigError(f"model {config.model.name} does not fit data {config.data.name}: "
+                          "use vgg1d with mnist1d, vgg11/vgg16 with cifar10")
+    if config.data.name == "cifar10" and not config.data.root:
+        raise ConfigError("CIFAR-10 needs its local folder: give --data-root DIR (the cifar-10-batches-py "
+                          "folder or its parent); it cannot be downloaded here")
     if not config.model.channels or any(c < 1 for c in config.model.channels):
         raise ConfigError(f"model.channels={list(config.model.channels)} must be positive integers")
     return config

@@ -51,14 +51,14 @@ from .landscape import LossFn, Params, parameter_dict, training_function, traini
 
 
 def _norm_layer(model: nn.Module, layer: int | nn.Module) -> nn.Module:
-    """The BN layer: a module of `model`, or an index into its BatchNorm1d layers in forward order."""
-    layers = [module for module in model.modules() if isinstance(module, nn.BatchNorm1d)]
+    """The BN layer: a module of `model`, or an index into its BatchNorm layers in forward order."""
+    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     if isinstance(layer, nn.Module):
         if not any(layer is module for module in layers):
-            raise ValueError(f"{layer!r} is not a BatchNorm1d of the model; pass one of its BN layers or an index")
+            raise ValueError(f"{layer!r} is not a BatchNorm layer of the model; pass one of its BN layers or an index")
         return layer
     if not 0 <= layer < len(layers):
-        raise IndexError(f"layer_index={layer} but the model has {len(layers)} BatchNorm1d layers (0..{len(layers) - 1})")
+        raise IndexError(f"layer_index={layer} but the model has {len(layers)} BatchNorm layers (0..{len(layers) - 1})")
     return layers[layer]
 
 
@@ -124,7 +124,7 @@ def activation_curvature(model: nn.Module, layer: int | nn.Module, x: torch.Tens
                          loss_fn: LossFn, *, vectorize: bool = True, chunk_size: int | None = None) -> dict:
     """Per channel of one BN layer: the thm4.2 Hessian quadratic forms and reductions (module doc).
 
-    layer: the BatchNorm1d module, or its index among the model's BatchNorm1d layers in forward order
+    layer: the BatchNorm module, or its index among the model's BatchNorm layers in forward order
     (as `models.norm_layers` and `BoundCapture` number them). The layer must run exactly once per
     forward.
     """

@@ -88,4 +88,4 @@ def build_model(
 
 def norm_layers(model: nn.Module) -> list[nn.Module]:
     """The model's BatchNorm layers in forward order, also inside noisy BN (empty without BN)."""
-    return [module for module in model.modules() if isinstance(module, nn.BatchNorm1d)]
+    return [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]

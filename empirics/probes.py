@@ -44,7 +44,8 @@ def _weight_layers(model: nn.Module) -> list[nn.Module]:
     """Conv/Linear layers immediately followed by a BatchNorm (thm4.4: y = X W feeds the normaliser)."""
     children = [m for m in model.modules() if not list(m.children())]
     return [layer for layer, after in zip(children, children[1:])
-            if isinstance(layer, (nn.Conv1d, nn.Linear)) and isinstance(after, nn.modules.batchnorm._BatchNorm)]
+            if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            and isinstance(after, nn.modules.batchnorm._BatchNorm)]
 
 
 class ProbeRecorder:

@@ -25,7 +25,8 @@ def run_dir(out_dir: Path, run_id: str) -> Path:
 
 def _train_in_worker(spec: RunSpec, directory: Path) -> str:
     """Entry point of a worker process: its own thread count, no per-run progress bar."""
-    torch.set_num_threads(spec.config.threads)
+    if spec.config.threads:
+        torch.set_num_threads(spec.config.threads)
     train.train_run(spec, directory, progress=False)
     return spec.run_id
 
@@ -42,7 +43,7 @@ def run_all(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> l
     pending = [(s, d) for s, d in zip(specs, directories) if not (d / "done").exists()]
     if config.workers == 1 or len(pending) <= 1:
         threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads)
+        torch.set_num_threads(config.threads or threads)
         try:
             for spec, directory in pending:
                 train.train_run(spec, directory, progress=progress)

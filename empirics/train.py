@@ -29,7 +29,9 @@ from .capture import BoundCapture, concat_rows
 from .storage import strict_json, write_atomic, write_json
 from .config import ConfigError, Device, RunSpec, to_dict, validate
 from .data import load_mnist1d
+from .cifar import load_cifar10
 from .dln import build_dln, dln_loss, synthetic_regression
+from .vgg2d import build_vgg2d
 from .models import build_model, norm_layers
 from .norms import norm_factory
 from .probes import ProbeRecorder
@@ -128,11 +130,18 @@ class _Task:
 
 
 def _vgg_task(spec: RunSpec, device: torch.device) -> _Task:
+    """VGG-1d on mnist1d, or a 2-D VGG on CIFAR-10 from its local folder."""
     config = spec.config
-    data = load_mnist1d(config.data.seed)
     init_generator, order_generator, noise_generator = _stream_generators(spec.seed)
-    model = build_model(config.model, spec.norm, config.train.bn_eps, generator=init_generator,
-                        noise_generator=noise_generator).to(device)
+    if config.data.name == "cifar10":
+        data = load_cifar10(config.data.root)
+        model = build_vgg2d(config.model.name, norm_factory(spec.norm, config.train.bn_eps, noise_generator,
+                                                            spatial_dims=2),
+                            generator=init_generator, width_multiplier=config.model.width_multiplier).to(device)
+    else:
+        data = load_mnist1d(config.data.seed)
+        model = build_model(config.model, spec.norm, config.train.bn_eps, generator=init_generator,
+                            noise_generator=noise_generator).to(device)
     return _Task(model, data.x_train.to(device), data.y_train.to(device),  # (4000, 1, 40), (4000,)
                  data.x_test.to(device), data.y_test.to(device), F.cross_entropy,
                  _batch_indices(len(data.y_train), config.train.batch_size, order_generator), classifies=True)

@@ -69,3 +69,21 @@ def test_deep_linear_network_run_trains_full_batch_and_records_probes():
     assert result.history["steps_done"] == 8 and result.history["final_train_acc"] is None
     assert result.probes["landscape/eta"].shape == (2, 3)
     assert result.probes["ics/ics_l2"].shape[0] == 2
+
+
+def test_vgg2d_on_a_cifar10_folder_trains_with_captures_and_probes(tmp_path):
+    """The paper preset's path, at toy size: a fake cifar-10-batches-py folder, VGG-11 at 1/16 width."""
+    from tests.test_empirics_cifar_vgg2d import write_fake_cifar10
+
+    write_fake_cifar10(tmp_path, n_per_batch=8)
+    config = dataclasses.replace(
+        PRESETS["paper"], data=dataclasses.replace(PRESETS["paper"].data, root=str(tmp_path)),
+        model=dataclasses.replace(PRESETS["paper"].model, name="vgg11", width_multiplier=1 / 16),
+        train=dataclasses.replace(SMOKE.train, steps=4, batch_size=8, capture_every=2, probe_every=2,
+                                  curvature_every=2, curvature_layers=(-1,)))
+    spec = RunSpec(config, Norm.BATCHNORM, 0.1, 0, probes=ProbeConfig(landscape_every=2, weight_bounds_every=2,
+                                                                        curvature_every=2, curvature_layers=(-1,)))
+    result = train_model(spec, progress=False)
+    assert result.history["steps_done"] == 4
+    assert len(result.captures["lhs"]) > 0 and result.captures["m"][0] == 8 * 32 * 32
+    assert {"landscape/beta_eff", "weights/grad_w_sq", "curvature/hess_in_v"} <= set(result.probes)

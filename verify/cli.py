@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from empirics.cifar import locate_cifar10
 from empirics.config import PRESETS, ConfigError, Device, override, validate
 from theory.normalisers import REGISTRY
 from verify import pipeline
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="output directory (default: reports/<preset>)")
     parser.add_argument("--device", choices=[d.value for d in Device], default=None,
                         help="where to train: auto (CUDA if available), cpu, or cuda (an error if unavailable)")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="CIFAR-10 for the paper preset: the local cifar-10-batches-py folder (or its parent)")
     parser.add_argument("--seed", type=int, default=None,
                         help="offset added to every seed of the preset (default 0: the preset's own seeds)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -65,9 +68,14 @@ def resolve_config(args: argparse.Namespace):
         config = dataclasses.replace(config, device=Device(args.device))
     if args.seed is not None:
         config = dataclasses.replace(config, seed_offset=args.seed)
+    if args.data_root is not None:
+        config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(args.data_root)))
     for assignment in args.overrides:
         config = override(config, assignment)
-    return validate(config)
+    config = validate(config)
+    if config.data.name == "cifar10":
+        locate_cifar10(config.data.root)  # fail before any stage runs, with the fix in the message
+    return config
 
 
 def _normalisers(names: list[str] | None) -> tuple[str, ...] | None:
