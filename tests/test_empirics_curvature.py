@@ -147,9 +147,9 @@ def test_thm4_2_first_form_is_an_equality_at_zero_eps():
 
 def test_layer_selection_errors_say_what_exists():
     model = tiny_net("batchnorm")
-    with pytest.raises(IndexError, match="2 BatchNorm1d layers"):
+    with pytest.raises(IndexError, match="2 BatchNorm layers"):
         activation_curvature(model, 2, *tiny_batch(), F.cross_entropy)
-    with pytest.raises(ValueError, match="not a BatchNorm1d"):
+    with pytest.raises(ValueError, match="not a BatchNorm layer"):
         activation_curvature(model, nn.BatchNorm1d(3), *tiny_batch(), F.cross_entropy)
 
 

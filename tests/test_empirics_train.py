@@ -136,7 +136,7 @@ def test_resolve_device():
 
 
 def test_run_all_trains_each_run_once_and_resumes(tmp_path, monkeypatch):
-    config = _with_train(SMOKE, steps=2, norms=(Norm.NONE, Norm.BATCHNORM))
+    config = dataclasses.replace(_with_train(SMOKE, steps=2, norms=(Norm.NONE, Norm.BATCHNORM)), experiments=("train",))
     trained = []
     real_train_run = train.train_run
 
