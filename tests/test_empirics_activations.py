@@ -15,17 +15,12 @@ from empirics.activations import (
     summarize_activations,
 )
 from tests.test_empirics_measurements import (
-    single_torch_thread,
     tiny_batch,
     tiny_net,
     training_step_forward,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 
 def test_summary_matches_loops_over_units_and_values():

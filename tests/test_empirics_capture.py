@@ -24,16 +24,6 @@ SMOKE_MODEL = ModelConfig(channels=(8, 8, 16, 16), hidden=32)
 BATCH = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: intra-op threads only contend (10x slower measured), so use one.
-
-    Restored afterwards, so other test modules see torch's default.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _loop_reductions(y: np.ndarray, g: np.ndarray, dy: np.ndarray, gamma: np.ndarray, eps: float) -> dict:

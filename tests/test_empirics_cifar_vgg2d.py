@@ -30,7 +30,6 @@ from empirics.noisy import NoisyBatchNorm1d, NoisyBatchNorm2d, NoisyIdentity, fr
 from empirics.norms import SpatialFlatten, norm_factory, norm_slots
 from empirics.vgg2d import VGG_CONFIGS, build_vgg2d, conv_layers
 from empirics.weight_bounds import unfolded_input, weight_bound_terms
-from tests.test_empirics_measurements import single_torch_thread
 
 FLOAT64_RTOL = 1e-10  # float64 end to end: only summation order separates two routes (m <= 4096 terms)
 # float32 standardisation vs a float64 reference: two float32 roundings (scale, shift) of values of
@@ -38,10 +37,6 @@ FLOAT64_RTOL = 1e-10  # float64 end to end: only summation order separates two r
 STANDARDISED_ATOL = 2e-6
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 
 # --- a fake CIFAR-10 folder in the official format -------------------------------------------------

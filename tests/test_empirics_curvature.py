@@ -13,17 +13,12 @@ from torch import nn
 from empirics.curvature import activation_curvature
 from empirics.noisy import NoisyBatchNorm1d, NoisyIdentity
 from tests.test_empirics_measurements import (
-    single_torch_thread,
     tiny_batch,
     tiny_net,
     training_step_forward,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 RTOL = 1e-9  # float64; dense Hessians (m x m) and HVPs sum in different orders
 # torch >= 2.1x rejects eps = 0 in train(); 1e-300 is zero in effect: var + 1e-300 rounds to var

@@ -10,13 +10,8 @@ import torch
 from torch import nn
 
 from empirics.dln import build_dln, dln_loss, synthetic_regression, train_dln
-from tests.test_empirics_measurements import single_torch_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 
 def test_plain_dln_is_the_product_of_its_matrices():

@@ -14,12 +14,6 @@ from empirics.train import train_model
 SMOKE = PRESETS["smoke"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_plan_trains_each_run_once_with_the_union_of_its_probes():

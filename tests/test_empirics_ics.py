@@ -15,17 +15,12 @@ from empirics.models import build_model
 from empirics.noisy import NoisyIdentity
 from tests.test_empirics_measurements import (
     NORMS,
-    single_torch_thread,
     tiny_batch,
     tiny_net,
     training_step_forward,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 RTOL = 1e-10  # float64 both routes; summation order only
 LR = 0.3

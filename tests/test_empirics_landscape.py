@@ -13,17 +13,12 @@ from empirics.landscape import landscape_probe
 from empirics.noisy import NoisyIdentity
 from tests.test_empirics_measurements import (
     NORMS,
-    single_torch_thread,
     tiny_batch,
     tiny_net,
     training_step_forward,
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 # float64 on both routes; they differ only in summation order (functional_call vs module call)
 RTOL = 1e-10

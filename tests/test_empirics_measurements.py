@@ -2,14 +2,12 @@
 it leaves parameters, .grad fields, buffers, train/eval flags, the global RNG and the noise generator
 exactly as it found them.
 
-The topic files (test_empirics_landscape.py, ..._ics.py, ...) import `tiny_net`, `tiny_batch` and
-`single_torch_thread` from here; only helpers are imported, never test functions, so nothing is
-collected twice.
+The topic files (test_empirics_landscape.py, ..._ics.py, ...) import `tiny_net` and `tiny_batch`
+from here; only helpers are imported, never test functions, so nothing is collected twice.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
@@ -30,24 +28,8 @@ CLASSES = 4
 NORMS = ("none", "batchnorm", "noisy_bn", "noisy_only")
 
 
-@contextlib.contextmanager
-def single_torch_thread():
-    """Tiny models on a shared CPU: intra-op threads only contend (10x slower measured), so use one.
-
-    Restored afterwards, so other test modules see torch's default.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 
 def _norm(kind: str, channels: int, generator: torch.Generator) -> list[nn.Module]:

@@ -10,13 +10,8 @@ from torch import nn
 
 from empirics.models import norm_layers
 from empirics.noisy import NoisyBatchNorm1d, NoisyIdentity, frozen_noise
-from tests.test_empirics_measurements import single_torch_thread
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 
 def _reference_noise(a: torch.Tensor, seed: int, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1) -> torch.Tensor:

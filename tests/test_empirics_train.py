@@ -18,16 +18,6 @@ from empirics.train import evaluate, resolve_device, train_model, train_run
 SMOKE = dataclasses.replace(PRESETS["smoke"], device=Device.CPU)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared CPU: intra-op threads only contend (10x slower measured), so use one.
-
-    Restored afterwards, so other test modules see torch's default.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _with_train(config, **changes):

@@ -11,13 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirics.weight_bounds import spectral_norm_sq, unfolded_input, weight_bound_terms
-from tests.test_empirics_measurements import single_torch_thread, tiny_batch, tiny_net
+from tests.test_empirics_measurements import tiny_batch, tiny_net
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    with single_torch_thread():
-        yield
 
 RTOL = 1e-10  # float64, summation order only
 
