@@ -31,14 +31,12 @@ QUANTILE_LEVELS = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 
 
 def _channel_rows(activations: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, C[, L]) -> float64 (C, m): each unit's values over samples (and positions)."""
+    """(N, C[, L] or [, H, W]) -> float64 (C, m): each unit's values over samples (and positions)."""
     array = activations.detach().cpu().double().numpy() if isinstance(activations, torch.Tensor) else np.asarray(
         activations, dtype=np.float64)
-    if array.ndim == 2:
-        return array.T
-    if array.ndim == 3:
-        return array.transpose(1, 0, 2).reshape(array.shape[1], -1)
-    raise ValueError(f"activations have shape {array.shape}; expected (N, C) or (N, C, L)")
+    if array.ndim not in (2, 3, 4):
+        raise ValueError(f"activations have shape {array.shape}; expected (N, C), (N, C, L) or (N, C, H, W)")
+    return np.moveaxis(array, 1, 0).reshape(array.shape[1], -1)
 
 
 def bin_edges_from(activations, bins: int = 64, coverage: float = 0.998, widen: float = 3.0) -> np.ndarray:
