@@ -183,6 +183,8 @@ class RunSpec:
 
 
 ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln")
+# lp needs the registry's formula modules (empirics.norm_layers); until they land the presets skip it
+PRESET_EXPERIMENTS = tuple(e for e in ALL_EXPERIMENTS if e != "lp")
 
 PRESETS: dict[str, ExperimentConfig] = {
     # seconds: for tests and CI
@@ -191,11 +193,11 @@ PRESETS: dict[str, ExperimentConfig] = {
         train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
                           capture_every=10, probe_every=10, curvature_every=20, curvature_layers=(0,)),
         dln=DLNConfig(depth=6, samples=200, steps=30, eval_every=10, log_every=5, probe_every=10),
-        experiments=ALL_EXPERIMENTS,
+        experiments=PRESET_EXPERIMENTS,
         workers=1,  # tiny runs: spawning processes would cost more than it saves
     ),
     # minutes on a 2-core CPU
-    "default": ExperimentConfig(experiments=ALL_EXPERIMENTS),
+    "default": ExperimentConfig(experiments=PRESET_EXPERIMENTS),
     # the paper's scale, for a GPU: VGG-16 on CIFAR-10 (local folder via --data-root), 15k steps,
     # batch 128, lr 0.1 / 0.5; the DLN at 10k steps and both of the paper's learning rates
     "paper": ExperimentConfig(
@@ -204,7 +206,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         train=TrainConfig(steps=15_000, batch_size=128, lrs=(0.1, 0.5), seeds=(0, 1, 2), eval_every=500,
                           log_every=50, capture_every=500, probe_every=100, curvature_every=2500),
         dln=DLNConfig(steps=10_000, lrs=(1e-3, 1e-4), eval_every=500, log_every=50, probe_every=100),
-        experiments=ALL_EXPERIMENTS,
+        experiments=PRESET_EXPERIMENTS,
         threads=0,
         workers=1,  # one GPU: runs in sequence
     ),
