@@ -22,7 +22,8 @@ normaliser run over the batch axis (m), as in thm4.1; eps >= 0 and gamma are as 
    concrete shapes with symbolic v). So g_j = lambda^2 ||g||^2 (dL/dy_j identified with g, as in
    thm4.1), ghat_j = lambda^2 ||J^T g||^2, and the bound is lambda^2 RHS_thm4.1 with ||g||^2 = g_j /
    lambda^2: derived, then compared with the typed consistent form for normalisers of the paper's form.
-4. thm4.4-printed, typed as printed, is refuted by an exact counterexample (`weight_space_search`).
+4. thm4.4-printed, typed as printed, is refuted by an exact counterexample (`search_weight_counterexample`,
+   the left side from the concrete-m Jacobian), and each of its defects alone by another (typo ablation).
 """
 
 from __future__ import annotations
@@ -325,7 +326,7 @@ def _per_unit_result(derivation, concrete, identity_ok: bool, thm41_proved: bool
                          r"\|\nabla_{y_j}\hat{\mathcal{L}}\|^2 \le \|X\|_2^2\,\mathrm{RHS}_{4.1}"),
         assumptions=(*ACTIVATION_ASSUMPTIONS, r"y = XW,\ X \in \mathbb{R}^{m\times d}"),
         derived_latex=rf"{WEIGHT_GRAD_LATEX} \le \|X\|_2^2 \cdot {to_latex(bound)}",
-        equality=("equality iff X^T acts isometrically on dL-hat/dy_j (it lies in the top singular subspace of X^T) "
+        equality=("equality iff dL-hat/dy_j lies in the eigenspace of X X^T for its largest eigenvalue (or is 0) "
                   "and thm4.1 is tight (eps = 0 or <g,yhat> = 0)"),
         concrete_m_checked=concrete[0], conditions=() if proved else ("thm4.1 analogue for this normaliser",),
         evidence=(identity_text + "; ||X^T v|| <= ||X^T||_2 ||v|| = ||X||_2 ||v|| (operator norm); "
