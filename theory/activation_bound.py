@@ -8,6 +8,10 @@ the bound is (gamma^2/sigma^2) B(0): the eps-free reduction that the normaliser'
 (shift, scale) would give exactly. For BatchNorm this reproduces the paper's appendix statement
 (checked: the residual against the typed statement simplifies to 0). The main text's variant with
 1/sqrt(m) is typed as printed and applies to normalisers of the paper's form.
+
+A normaliser without a symbolic-m closed form (l1, l-inf: `derive` raises NoClosedForm) has no
+derived analogue; `establish_concrete` checks the paper's typed form with that normaliser's own
+scale and yhat at concrete m instead (status `checked` or `refuted`, general_m false).
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ import sympy as sp
 
 from theory.batch_algebra import m
 from theory.claims import ACTIVATION_ASSUMPTIONS, G1, G2, ClaimResult, Status, to_latex
-from theory.counterexample import search_counterexample
+from theory.counterexample import check_at_points, search_counterexample
 from theory.derive import Derivation
-from theory.normaliser import eps, g_hat, gamma, sigma
+from theory.normaliser import Normaliser, eps, g_hat, gamma, sigma
 
 LHS_LATEX = r"\|\nabla_{y_j}\hat{\mathcal{L}}\|^2"
 
@@ -104,3 +108,39 @@ def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
             "analogue of Theorem 4.1, derived: the closed form with eps = 0 inside the bracket",
             rf"{LHS_LATEX} \le {_scaled_latex(bounds['thm4.1'])}")
     return results
+
+
+# Concrete-m fallback: sizes and eps values at which the typed form is checked exactly.
+CONCRETE_SIZES = tuple(range(2, 7))
+CONCRETE_EPSILONS = (sp.Integer(0), sp.Rational(1, 4))
+DIFFERENTIABLE_ASSUMPTION = r"\text{the forward is differentiable at } y \text{ (no } |x| \text{ at } 0 \text{, no tied max)}"
+
+
+def establish_concrete(normaliser: Normaliser, reason: str) -> dict[str, ClaimResult]:
+    """thm4.1 for a normaliser without a symbolic-m closed form, checked exactly at concrete m.
+
+    The statement is the paper's typed form (c = 1/m) with this normaliser's own scale as sigma
+    and its own yhat; the left side comes from the concrete-m Jacobian. No proof is claimed.
+    """
+    rhs = paper_bound(APPENDIX_C)
+    check = check_at_points(normaliser, rhs.subs(sigma, normaliser.scale), sizes=CONCRETE_SIZES,
+                            epsilons=CONCRETE_EPSILONS)
+    common = dict(
+        claim="thm4.1", normaliser=normaliser.name, general_m=False,
+        statement_latex=rf"{LHS_LATEX} \le {_scaled_latex(rhs)}",
+        source=("Theorem 4.1 as typed in Appendix C (c = 1/m), with this normaliser's own scale "
+                rf"\sigma = {sp.latex(normaliser.scale)} and its own yhat; no symbolic-m closed form"),
+        assumptions=ACTIVATION_ASSUMPTIONS + (DIFFERENTIABLE_ASSUMPTION,), concrete_m_checked=check.sizes,
+        derived_latex=r"\text{no closed form for symbolic } m \text{ (see evidence)}",
+        extra={"concrete_points_checked": check.points_checked, "concrete_points_skipped": check.points_skipped,
+               "concrete_epsilons": [str(e) for e in check.epsilons], "max_lhs_over_rhs": check.max_ratio},
+    )
+    where = "LHS by the concrete-m Jacobian (statistics written out, differentiated exactly)"
+    found = check.counterexample
+    if found is not None:
+        return {"thm4.1": ClaimResult(status=Status.REFUTED, counterexample=found, evidence=(
+            f"exact counterexample at m = {found.m}, eps = {found.epsilon}: LHS = {found.lhs} > RHS = "
+            f"{sp.nsimplify(found.rhs)} ({where}); searched {check.describe()}"), **common)}
+    return {"thm4.1": ClaimResult(status=Status.CHECKED, evidence=(
+        f"no symbolic-m closed form ({reason}); holds exactly at every one of {check.describe()}; {where}"),
+        **common)}

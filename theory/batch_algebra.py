@@ -13,7 +13,9 @@ every m at once rather than for one concrete batch size:
 
 Raw moments are later eliminated in favour of the normaliser's own statistics (`solve_moments`).
 A sum that is not a polynomial in (y_i, g_i) — e.g. sum_i |y_i - mu| — has no such closed form;
-reducing it raises `NoClosedForm`, and callers fall back to concrete batch sizes.
+reducing it raises `NoClosedForm`, and callers fall back to concrete batch sizes. So does a batch
+maximum (`batch_max`, e.g. the l-inf norm max_i |y_i - mu|), which is not a sum at all; for a
+concrete m it expands (`doit`) to an explicit `Max` of m terms.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import functools
 
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 
 m = sp.Symbol("m", integer=True, positive=True)
 y = sp.IndexedBase("y", real=True)
@@ -50,6 +53,43 @@ def batch_mean(summand_of_index, name: str) -> sp.Expr:
     """(1/m) sum_{i=1}^m summand(i), with a fresh dummy index so nested statistics never clash."""
     i = sp.Dummy(name, integer=True, positive=True)
     return sp.Sum(summand_of_index(i), (i, 1, m)) / m
+
+
+class BatchMax(ExprWithLimits):
+    """max_{i=1..m} f(i), a batch statistic that is not a sum (the l-inf norm of the centred batch).
+
+    Unevaluated for symbolic m (`reduce_sums` rejects it with `NoClosedForm`); `doit` at a concrete
+    upper limit expands it to `Max(f(1), ..., f(m))` (unevaluated), which is differentiable wherever
+    the maximum is attained by a single term (`theory.concrete` handles the kinks).
+    """
+
+    def doit(self, **hints):
+        ((index, lower, upper),) = self.limits
+        function = self.function.doit(**hints) if hints.get("deep", True) else self.function
+        if not (lower.is_Integer and upper.is_Integer):
+            return self.func(function, (index, lower, upper))
+        # evaluate=False: SymPy's Max would compare every pair of symbolic arguments (O(m^2) assumption
+        # queries, seconds at m = 6) and can decide nothing about |y_i - mu| vs |y_j - mu| anyway.
+        return sp.Max(*[function.subs(index, value) for value in range(int(lower), int(upper) + 1)], evaluate=False)
+
+    def _eval_is_extended_real(self):
+        return self.function.is_extended_real
+
+    def _eval_is_nonnegative(self):
+        if self.function.is_nonnegative:
+            return True
+        return None
+
+    def _latex(self, printer):
+        ((index, lower, upper),) = self.limits
+        return (rf"\max_{{{printer._print(index)}={printer._print(lower)}}}^{{{printer._print(upper)}}} "
+                rf"{printer._print(self.function)}")
+
+
+def batch_max(summand_of_index, name: str) -> sp.Expr:
+    """max_{i=1}^m summand(i), with a fresh dummy index (a statistic like `batch_mean`, but a max)."""
+    i = sp.Dummy(name, integer=True, positive=True)
+    return BatchMax(summand_of_index(i), (i, 1, m))
 
 
 def _monomial_sum(term: sp.Expr, i: sp.Symbol) -> sp.Expr:
@@ -88,6 +128,9 @@ def _reduce_sum_body(expr: sp.Expr, i) -> sp.Expr:
 
 def reduce_sums(expr: sp.Expr) -> sp.Expr:
     """Replace every batch `Sum` in expr by its closed form in M_a, S[a, b] and m."""
+    if isinstance(expr, BatchMax):
+        raise NoClosedForm(f"{expr} is a maximum over the batch, not a polynomial sum: no closed form in "
+                           "batch moments for symbolic m")
     if isinstance(expr, sp.Sum):
         ((i, lower, upper),) = expr.limits
         if (lower, upper) != (1, m):

@@ -3,7 +3,9 @@
     z_i = gamma * hat(y_i; S_1, ..., S_r) + beta,    S_t = (1/m) sum_j f_t(y_j; S_1, ..., S_{t-1})
 
 `statistics` lists the S_t in order, each as a batch mean (`batch_algebra.batch_mean`) of an
-expression in one sample and the earlier statistics; `hat` maps one sample to its normalised value.
+expression in one sample and the earlier statistics (or a batch maximum, `batch_algebra.batch_max`,
+for which only concrete m is derived); `hat` maps one sample to its normalised value; `scale` is
+the normalising scale, presented as sigma, and `scale_of_sigma` writes the statistics through it.
 The Jacobian, the closed form of ||J^T g||^2, the bounds and their slack are derived by `derive`.
 """
 
@@ -24,6 +26,12 @@ sigma = sp.Symbol("sigma", positive=True)  # the normalising scale, e.g. sqrt(va
 g_hat = sp.Symbol("G_hat", real=True)  # <g, yhat>, yhat the normalised batch (without affine)
 
 
+def _canonical_indices(expr: sp.Expr) -> sp.Expr:
+    """expr with its dummy summation indices replaced by fixed symbols, in creation order."""
+    dummies = sorted(expr.atoms(sp.Dummy), key=lambda d: d.dummy_index)
+    return expr.xreplace({d: sp.Symbol(f"_i{n}", integer=True, positive=True) for n, d in enumerate(dummies)})
+
+
 @dataclass(frozen=True, eq=False)  # identity equality: hashable, usable as a cache key
 class Normaliser:
     """Forward formula of a normaliser over one group of m values (the axis named in `axis`)."""
@@ -36,6 +44,15 @@ class Normaliser:
     scale: sp.Expr  # the normalising scale in the statistics' symbols (presented as sigma)
     scale_of_sigma: dict  # substitution expressing the statistics through sigma (e.g. var -> sigma^2 - eps)
     paper_form: bool = False  # centre and divide by the batch std: the paper's typed statements apply
+
+    def formula_key(self) -> tuple:
+        """The formula alone -- statistics (bound indices renamed canonically), hat, scale -- as a hashable
+        key: normalisers with equal keys are the same function whatever their name and axis, so
+        expensive concrete-m checks can be shared between them (BatchNorm, LayerNorm, GroupNorm, l2)."""
+        sample = sp.Symbol("sample", real=True)
+        statistics = tuple((symbol, sp.expand(_canonical_indices(definition))) for symbol, definition in self.statistics)
+        sigma_map = tuple(sorted(self.scale_of_sigma.items(), key=lambda item: str(item[0])))
+        return statistics, sp.expand(self.hat(sample)), self.scale, sigma_map
 
     def inline(self, expr: sp.Expr) -> sp.Expr:
         """expr with every statistic replaced by its defining batch sum (so diff sees through it)."""

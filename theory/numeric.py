@@ -5,17 +5,27 @@ over NumPy arrays, so a whole table of captured (layer, channel, step) rows is e
 Argument names follow the capture records of `empirics.capture`:
 
     g_sq = ||g||^2,  g_sum = <1, g>,  g_yhat = <g, yhat>,  m,  gamma,  sigma = sqrt(var + eps),  eps
+
+(sigma and yhat are always the normaliser's own scale and normalised values: `scale_and_hat`.)
+
+The forward map itself is lambdified from the same SymPy formula (`torch_forward`, `scale_and_hat`):
+each statistic's summand is lambdified for one sample and reduced by a mean (a `batch_max`: amax)
+over the normalisation axes, in the formula's order -- so mu is computed before var (two passes,
+numerically stable) and no forward is ever written twice. torch is never imported here; lambdify
+with module "torch" and tensor methods do the work.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+from typing import Callable
 
 import numpy as np
 import sympy as sp
 
-from theory.activation_bound import bound_expressions
-from theory.batch_algebra import k, l, m, mixed_sum, y
+from theory.activation_bound import APPENDIX_C, bound_expressions, paper_bound
+from theory.batch_algebra import BatchMax, NoClosedForm, k, l, m, mixed_sum, y
 from theory.derive import derive
 from theory.normaliser import eps, g_hat, gamma, sigma
 from theory.normalisers import REGISTRY
@@ -30,43 +40,173 @@ def _normaliser(name: str):
     return REGISTRY[name]
 
 
-@functools.cache
 def grad_sq_norm(normaliser: str):
-    """f(g_sq, g_sum, g_yhat, m, gamma, sigma, eps) = ||J^T g||^2, the derived closed form."""
-    derivation = derive(_normaliser(normaliser))
+    """f(g_sq, g_sum, g_yhat, m, gamma, sigma, eps) = ||J^T g||^2, the derived closed form.
+
+    Raises batch_algebra.NoClosedForm for a normaliser without one (l1, l-inf).
+    """
+    return _grad_sq_norm(_normaliser(normaliser))
+
+
+@functools.cache  # keyed by the Normaliser object, so a re-registered name never gets a stale callable
+def _grad_sq_norm(target):
+    derivation = derive(target)
     return sp.lambdify(_INVARIANT_ARGS, derivation.in_sigma(derivation.grad_sq_norm), "numpy")
 
 
-@functools.cache
+def _bounds(target) -> dict[str, sp.Expr]:
+    try:
+        return bound_expressions(derive(target))
+    except NoClosedForm:  # no derived analogue: the statement checked is the paper's typed form (activation_bound)
+        return {"thm4.1": paper_bound(APPENDIX_C)}
+
+
 def activation_bound(claim_id: str, normaliser: str = "batchnorm"):
-    """f(g_sq, g_sum, g_yhat, m, gamma, sigma) = the right side of thm4.1 (or a variant) for `normaliser`."""
-    bounds = bound_expressions(derive(_normaliser(normaliser)))
+    """f(g_sq, g_sum, g_yhat, m, gamma, sigma) = the right side of thm4.1 (or a variant) for `normaliser`.
+
+    For a normaliser without a symbolic-m closed form (l1, l-inf) thm4.1 is the paper's typed form
+    (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - <g,yhat>^2/m) with its own sigma and yhat: the statement
+    `activation_bound.establish_concrete` checks.
+    """
+    return _activation_bound(claim_id, _normaliser(normaliser))
+
+
+@functools.cache
+def _activation_bound(claim_id: str, target):
+    bounds = _bounds(target)
     if claim_id not in bounds:
-        raise KeyError(f"no activation bound {claim_id!r} for {normaliser}; known: {', '.join(bounds)}")
+        raise KeyError(f"no activation bound {claim_id!r} for {target.name}; known: {', '.join(bounds)}")
     return sp.lambdify(_INVARIANT_ARGS[:-1], bounds[claim_id], "numpy")
 
 
+# --- the forward formula as array code (NumPy or torch) ----------------------------------------------
+
+_SAMPLE = sp.Symbol("y_sample", real=True)
+
+
 @functools.cache
-def _jacobian_entry(normaliser: str):
-    derivation = derive(_normaliser(normaliser))
+def _statistic_programs(target, module: str) -> tuple:
+    """Per statistic: (reductions [(kind, summand_fn)], combine_fn); see `_statistics`.
+
+    A statistic is an expression in batch reductions (Sum / BatchMax over the batch index) and
+    earlier statistics. Each reduction's summand is lambdified for one sample; Sum(f)/m is
+    rewritten as mean(f) (so the division is the reduction's own), BatchMax(f) as amax(f).
+    """
+    programs, earlier = [], []
+    for symbol, definition in target.statistics:
+        atoms = sorted(definition.atoms(sp.Sum, BatchMax), key=sp.default_sort_key)
+        reductions, placeholders = [], {}
+        for n, atom in enumerate(atoms):
+            ((index, lower, upper),) = atom.limits
+            summand = atom.function.xreplace({y[index]: _SAMPLE})
+            if (lower, upper) != (1, m) or summand.has(index):
+                raise ValueError(f"{target.name}: statistic {symbol} = {definition} is not a reduction over the "
+                                 "batch of an expression in one sample y_i; write it with batch_mean/batch_max")
+            reduced = sp.Symbol(f"_reduced{n}", real=True)
+            placeholders[atom] = m * reduced if isinstance(atom, sp.Sum) else reduced
+            kind = "mean" if isinstance(atom, sp.Sum) else "max"
+            reductions.append((kind, sp.lambdify((_SAMPLE, *earlier, eps, m), summand, module)))
+        combine = sp.lambdify((*[sp.Symbol(f"_reduced{n}", real=True) for n in range(len(atoms))], *earlier, eps, m),
+                              definition.xreplace(placeholders), module)
+        programs.append((tuple(reductions), combine))
+        earlier.append(symbol)
+    return tuple(programs)
+
+
+def _statistics(target, module: str, values, reduce: Callable, eps_value, count) -> list:
+    """The statistics of `values` over the normalisation axes, in definition order (mu before var)."""
+    stats: list = []
+    for reductions, combine in _statistic_programs(target, module):
+        reduced = []
+        for kind, summand in reductions:
+            term = summand(values, *stats, eps_value, count)
+            reduced.append(reduce(kind, term + values * 0))  # + values*0: a constant summand still has the shape
+        stats.append(combine(*reduced, *stats, eps_value, count))
+    return stats
+
+
+@functools.cache
+def _hat_program(target, module: str):
+    symbols = [symbol for symbol, _ in target.statistics]
+    hat = sp.lambdify((_SAMPLE, *symbols, eps, m), target.hat(_SAMPLE), module)
+    scale = sp.lambdify((*symbols, eps, m), target.scale, module)
+    return hat, scale
+
+
+def _axes(dims, ndim: int) -> tuple[int, ...]:
+    axes = tuple(sorted({d % ndim for d in dims})) if ndim else ()
+    if not axes or len(axes) != len(tuple(dims)):
+        raise ValueError(f"dims={tuple(dims)} must name distinct axes of a {ndim}-d input (statistics run over them)")
+    return axes
+
+
+def torch_forward(normaliser: str) -> Callable:
+    """f(y, dims, eps, gamma, beta) -> z: the normaliser's forward on a torch tensor, from its SymPy formula.
+
+    Statistics run over the axes `dims` of y (kept as size-1 axes, so they broadcast back); m is the
+    number of elements they span. gamma and beta are floats or tensors broadcastable to y. Training-mode
+    semantics (batch statistics) always: there are no running statistics.
+    """
+    target = _normaliser(normaliser)
+
+    def forward(values, dims, eps=1e-5, gamma=1.0, beta=0.0):
+        axes = _axes(dims, values.dim())
+        # m and eps as tensors of y's dtype and device: torch.sqrt(m) etc. accept tensors only
+        count = values.new_tensor(float(math.prod(values.shape[d] for d in axes)))
+        eps = values.new_tensor(float(eps))
+
+        def reduce(kind, term):
+            return term.mean(dim=axes, keepdim=True) if kind == "mean" else term.amax(dim=axes, keepdim=True)
+
+        stats = _statistics(target, "torch", values, reduce, eps, count)
+        hat, _ = _hat_program(target, "torch")
+        return gamma * hat(values, *stats, eps, count) + beta
+
+    forward.__name__ = f"{target.name}_forward"
+    forward.__doc__ = f"{target.title}: statistics over `dims` ({target.axis})."
+    return forward
+
+
+def scale_and_hat(normaliser: str, values, eps_value: float, dims=(-1,)) -> tuple[np.ndarray, np.ndarray]:
+    """(sigma, yhat) in float64 NumPy: the normaliser's own scale (keepdims over `dims`) and normalised values."""
+    target = _normaliser(normaliser)
+    values = np.asarray(values, dtype=np.float64)
+    axes = _axes(dims, values.ndim)
+    count = math.prod(values.shape[d] for d in axes)
+
+    def reduce(kind, term):
+        return term.mean(axis=axes, keepdims=True) if kind == "mean" else term.max(axis=axes, keepdims=True)
+
+    stats = _statistics(target, "numpy", values, reduce, eps_value, count)
+    hat, scale = _hat_program(target, "numpy")
+    return np.asarray(scale(*stats, eps_value, count), dtype=np.float64), hat(values, *stats, eps_value, count)
+
+
+@functools.cache
+def _jacobian_entry(target):
+    derivation = derive(target)
     y_l, y_k, delta = sp.symbols("y_l y_k delta", real=True)
     entry = derivation.jacobian.subs(sp.KroneckerDelta(k, l), delta).subs({y[l]: y_l, y[k]: y_k})
-    stats = list(derivation.statistics_in_moments)
-    moments = sorted(set().union(*(e.free_symbols for e in derivation.statistics_in_moments.values())),
-                     key=lambda s: s.name)
-    entry_fn = sp.lambdify((y_l, y_k, delta, *stats, gamma, eps, m), entry, "numpy")
-    stat_fns = [sp.lambdify(moments, e, "numpy") for e in derivation.statistics_in_moments.values()]
-    orders = [int(s.name.split("_")[1]) for s in moments]
-    return entry_fn, stat_fns, orders
+    stats = [symbol for symbol, _ in target.statistics]
+    return sp.lambdify((y_l, y_k, delta, *stats, gamma, eps, m), entry, "numpy")
 
 
 def jacobian(normaliser: str, batch: np.ndarray, gamma_value: float, eps_value: float) -> np.ndarray:
-    """dz/dy (m x m) of one group `batch` (shape (m,)), from the symbolic-m Jacobian entry."""
-    entry_fn, stat_fns, orders = _jacobian_entry(normaliser)
+    """dz/dy (m x m) of one group `batch` (shape (m,)), from the symbolic-m Jacobian entry.
+
+    The statistics are evaluated from their definitions in order (mu, then mean((y - mu)^2): two
+    passes, stable for a batch whose mean dwarfs its spread, where raw moments M_2 - M_1^2 cancel
+    catastrophically). Raises NoClosedForm for a normaliser without a symbolic-m closed form.
+    """
+    target = _normaliser(normaliser)
+    entry_fn = _jacobian_entry(target)
     batch = np.asarray(batch, dtype=np.float64)
-    moments = [np.mean(batch**order) for order in orders]
-    stats = [fn(*moments) for fn in stat_fns]
     size = batch.shape[0]
+
+    def reduce(kind, term):
+        return np.mean(term) if kind == "mean" else np.max(term)
+
+    stats = _statistics(target, "numpy", batch, reduce, eps_value, size)
     return entry_fn(batch[:, None], batch[None, :], np.eye(size), *stats, gamma_value, eps_value, size)
 
 
