@@ -22,6 +22,7 @@ from empirics.config import ExperimentConfig, run_specs, to_dict
 from empirics.runner import load_run, run_all, run_dir
 from empirics.storage import write_atomic, write_json
 from empirics.train import resolve_device
+from theory.cache import cached
 from theory.normalisers import REGISTRY
 from theory.statements import establish_all
 from verify import checks as checking
@@ -52,7 +53,9 @@ def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None) -> d
     normalisers = tuple(REGISTRY) if normalisers is None else normalisers
     theory = {name: {cid: r.as_dict() for cid, r in establish_all(REGISTRY[name]).items()} for name in normalisers}
     if "batchnorm" in theory:
-        theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = batchnorm_jacobian_agreement()
+        # cached like the derivations (keyed by the theory code), plus the torch version it ran against
+        crosscheck = cached(f"crosscheck-torch{torch.__version__}", REGISTRY["batchnorm"], batchnorm_jacobian_agreement)
+        theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = crosscheck
     write_json(out_dir / "theory.json", theory)
     write_theory_report(out_dir)
     _record_timing(out_dir, "theory", time.perf_counter() - started)
