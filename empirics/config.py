@@ -183,8 +183,7 @@ class RunSpec:
 
 
 ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln")
-# lp needs the registry's formula modules (empirics.norm_layers); until they land the presets skip it
-PRESET_EXPERIMENTS = tuple(e for e in ALL_EXPERIMENTS if e != "lp")
+PRESET_EXPERIMENTS = ALL_EXPERIMENTS
 
 PRESETS: dict[str, ExperimentConfig] = {
     # seconds: for tests and CI

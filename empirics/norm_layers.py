@@ -37,20 +37,28 @@ LAYER_DIMS = {2: (1,), 3: (1, 2), 4: (1, 2, 3)}  # input ndim -> LayerNorm-style
 class FormulaNorm(nn.Module):
     """The registered normaliser `name` over the axes `dims`, with a per-channel affine map."""
 
-    def __init__(self, name: str, num_channels: int, dims: tuple[int, ...], eps: float = 1e-5,
+    def __init__(self, name: str, num_channels: int, dims: tuple[int, ...] | str, eps: float = 1e-5,
                  groups: int | None = None, channel_dim: int = 1, affine: bool = True) -> None:
         super().__init__()
         if groups is not None and (channel_dim != 1 or groups < 1 or num_channels % groups):
             raise ValueError(f"groups={groups} needs channel_dim=1 and must divide num_channels={num_channels}")
         self.name = name
         self.num_channels = num_channels
-        self.dims = tuple(dims)
+        # "batch": BatchNorm-style axes chosen from the input's rank at each call ((N,C), (N,C,L), (N,C,H,W))
+        self.dims = dims if dims == "batch" else tuple(dims)
         self.eps = float(eps)
         self.groups = groups
         self.channel_dim = channel_dim
         self._normalise = numeric.torch_forward(name)  # raises KeyError for an unknown name
         self.weight = nn.Parameter(torch.ones(num_channels)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_channels)) if affine else None
+
+    def reset_parameters(self) -> None:
+        """gamma = 1, beta = 0 (no RNG): models built on the meta device call this after to_empty()."""
+        if self.weight is not None:
+            with torch.no_grad():
+                self.weight.fill_(1.0)
+                self.bias.zero_()
 
     def extra_repr(self) -> str:
         groups = f", groups={self.groups}" if self.groups is not None else ""
@@ -63,7 +71,8 @@ class FormulaNorm(nn.Module):
         values = x
         if self.groups is not None:  # (N, C, *S) -> (N, G, C/G, *S)
             values = x.reshape(x.shape[0], self.groups, self.num_channels // self.groups, *x.shape[2:])
-        z = self._normalise(values, self.dims, self.eps).reshape(x.shape)
+        dims = BATCH_DIMS[values.dim()] if self.dims == "batch" else self.dims
+        z = self._normalise(values, dims, self.eps).reshape(x.shape)
         if self.weight is None:
             return z
         shape = [1] * x.dim()

@@ -35,7 +35,7 @@ def _formula_module(name: str, width: int, eps: float) -> nn.Module:
         from .norm_layers import FormulaNorm
     except ImportError as error:  # pragma: no cover - present once the registry modules land
         raise ConfigError(f"normaliser {name!r} needs empirics.norm_layers, which is missing ({error})") from None
-    return FormulaNorm(name, width, eps=eps)
+    return FormulaNorm(name, width, dims="batch", eps=eps)
 
 
 class SpatialFlatten(nn.Module):
