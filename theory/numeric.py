@@ -179,7 +179,9 @@ def scale_and_hat(normaliser: str, values, eps_value: float, dims=(-1,)) -> tupl
 
     stats = _statistics(target, "numpy", values, reduce, eps_value, count)
     hat, scale = _hat_program(target, "numpy")
-    return np.asarray(scale(*stats, eps_value, count), dtype=np.float64), hat(values, *stats, eps_value, count)
+    kept = tuple(1 if axis in axes else size for axis, size in enumerate(values.shape))
+    sigma_value = np.broadcast_to(np.asarray(scale(*stats, eps_value, count), dtype=np.float64), kept)
+    return sigma_value.copy(), hat(values, *stats, eps_value, count) + values * 0
 
 
 @functools.cache
