@@ -9,8 +9,8 @@ without a symbolic-m closed form (l1, l-inf) are handled the same way. Two evalu
   the obviously-correct reference; its entries grow quickly with M);
 - `concrete_jacobian_at`: its value at one exact point by the chain rule through the statistics,
   dz_l/dy_k = gamma (delta_lk dhat_l/dy_l + sum_t dhat_l/dS_t dS_t/dy_k), each partial derivative
-  taken by SymPy on the written-out statistic and then evaluated. Same matrix, ~100x cheaper at
-  M = 8; the tests check the two agree for every normaliser.
+  taken by SymPy on the written-out statistic and then evaluated. Same matrix, far cheaper (no
+  M x M matrix of large symbolic entries is built); the tests check the two agree for every normaliser.
 
 Comparisons are made at exact rational points (symbolic simplification of an 8x8 Jacobian of
 square roots takes minutes; exact rational arithmetic takes milliseconds and is just as exact).
@@ -62,8 +62,8 @@ def concrete_forward(normaliser: Normaliser, size: int) -> sp.Matrix:
 
 @functools.cache
 def _jacobian_of(forward: sp.ImmutableMatrix, size: int) -> sp.ImmutableMatrix:
-    # Keyed by the written-out formula, not the normaliser: LayerNorm, GroupNorm and l2 write out to
-    # the very same z(y) as BatchNorm, so they share one (expensive) differentiation.
+    # Keyed by the written-out formula, not the normaliser: LayerNorm and GroupNorm write out to the
+    # very same z(y) as BatchNorm, so they share one (expensive) differentiation.
     return sp.ImmutableMatrix(forward.jacobian(batch_symbols(size)))
 
 
@@ -104,7 +104,8 @@ def _active_branches(normaliser: Normaliser, size: int, at: dict) -> tuple | Non
 
     A kink: an |x| with x = 0, or a max/min attained by two arguments with different gradients
     (as functions of y). Two tied arguments with equal gradients are smooth: either one is active.
-    Three or more tied arguments are treated as a kink (conservative).
+    Conservative: three or more tied arguments count as a kink, and so does an |x| at 0 even where
+    an inactive max argument masks it; such points are skipped, never evaluated wrongly.
     """
     ys = list(batch_symbols(size))
     active = []
