@@ -71,7 +71,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between test-set evaluations
     log_every: int = 10  # steps between recorded training loss/accuracy points
     capture_every: int = 50  # steps between bound captures (hooks exist only on those steps)
-    probe_every: int = 50  # landscape, ICS, weight-bound and histogram probes of the experiments
+    probe_every: int = 100  # landscape, ICS, weight-bound and histogram probes of the experiments
     curvature_every: int = 500  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
     curvature_layers: tuple[int, ...] = (0, -1)  # first and last BN layer (negative: from the end)
 
@@ -131,7 +131,7 @@ class DLNConfig:
     norms: tuple[Norm, ...] = (Norm.NONE, Norm.BATCHNORM)
     eval_every: int = 50
     log_every: int = 10
-    probe_every: int = 50  # landscape and ICS (layers #9, #17 in the paper)
+    probe_every: int = 100  # landscape and ICS (layers #9, #17 in the paper)
     landscape_multipliers: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0)
 
 
