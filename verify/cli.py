@@ -14,7 +14,7 @@ from pathlib import Path
 
 from empirics.cifar import locate_cifar10
 from empirics.config import PRESETS, ConfigError, Device, override, validate
-from theory.normalisers import REGISTRY
+from theory.normalisers import REGISTRY, load_normaliser_file
 from verify import pipeline
 from verify.readme import update_readme
 
@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--norm", dest="norms", action="append", default=None, metavar="NAME",
                         help="normaliser(s) to derive, repeatable (default: every registered one: "
                              + ", ".join(sorted(REGISTRY)) + ")")
+    parser.add_argument("--normaliser-file", dest="normaliser_files", action="append", default=[], type=Path,
+                        metavar="PATH", help="a .py file defining Normaliser(s) to derive too (see README)")
     parser.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
     return parser
 
@@ -93,6 +95,11 @@ def run(args: argparse.Namespace) -> None:
         return
     started = time.perf_counter()
     pipeline.write_config(config, args.preset, out_dir)
+    for path in args.normaliser_files:
+        try:
+            load_normaliser_file(path)
+        except ValueError as error:  # no Normaliser in the file, or a name already taken
+            raise ConfigError(str(error)) from None
     if args.command in ("all", "theory"):
         pipeline.stage_theory(out_dir, _normalisers(args.norms))
     if args.command in ("all", "empirics"):
