@@ -206,6 +206,7 @@ PRESETS: dict[str, ExperimentConfig] = {
                           log_every=50, capture_every=500, probe_every=100, curvature_every=2500),
         dln=DLNConfig(steps=10_000, lrs=(1e-3, 1e-4), eval_every=500, log_every=50, probe_every=100),
         experiments=PRESET_EXPERIMENTS,
+        lp_norms=(Norm.LP1, Norm.LP2, Norm.LPINF),
         threads=0,
         workers=1,  # one GPU: runs in sequence
     ),

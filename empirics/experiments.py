@@ -8,7 +8,7 @@ carry. Runs asked for by several experiments are trained once, with the union of
     noisy      Fig. 2   {none, BN, noisy BN, noisy none} at the first lr; activation histograms
     ics        Fig. 3   {none, BN} at the first lr; internal covariate shift of every layer
     landscape  Fig. 4   {none, BN} x train.lrs; loss / gradient / beta along the gradient
-    lp         Fig. 11  {BN, l1, l2, l-inf} at the first lr; landscape probes
+    lp         Fig. 11  {BN} + lp_norms (l1, l-inf; l2 in the paper preset) at the first lr; landscape
     bounds     §4       BN x train.lrs; thm4.2 curvature and thm4.4 weight-space terms
     dln        Fig. 3/9 deep linear network {none, BN} x dln.lrs; landscape and ICS
 """
@@ -47,8 +47,7 @@ def landscape(config: ExperimentConfig) -> list[RunSpec]:
 
 
 def lp(config: ExperimentConfig) -> list[RunSpec]:
-    norms = (Norm.BATCHNORM, Norm.LP1, Norm.LP2, Norm.LPINF)
-    return _vgg(config, norms, config.train.lrs[:1], _landscape_probes(config))
+    return _vgg(config, (Norm.BATCHNORM, *config.lp_norms), config.train.lrs[:1], _landscape_probes(config))
 
 
 def bounds(config: ExperimentConfig) -> list[RunSpec]:
