@@ -144,6 +144,9 @@ class ExperimentConfig:
     dln: DLNConfig = field(default_factory=DLNConfig)
     # named experiments to run (empirics.experiments): train, noisy, ics, landscape, lp, dln, bounds
     experiments: tuple[str, ...] = ("train",)
+    # the lp experiment's normalisers beside BN; lp2 is BN exactly (theory: the formulas coincide), so
+    # the CPU presets skip its run and the paper preset keeps it as the paper's Fig. 11 does
+    lp_norms: tuple[Norm, ...] = (Norm.LP1, Norm.LPINF)
     device: Device = Device.AUTO
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
     threads: int = 1  # torch intra-op threads per run (0 = torch's default; recorded; affects float sums)
