@@ -86,7 +86,7 @@ class ProbeConfig:
 
     landscape_every: int = 0
     # step sizes eta = multiplier * lr along -grad; paper: [0.5, 4] x lr for VGG, [0.01, 30] x lr for the DLN
-    landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0)
+    landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.75, 2.5, 3.25, 4.0)
     ics_every: int = 0
     ics_layers: tuple[int, ...] = ()  # layer groups to measure (0-based, empirics.ics.layer_groups); () = all
     curvature_every: int = 0  # thm4.2 Hessian quadratic forms at BN layers
