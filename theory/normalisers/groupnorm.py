@@ -9,24 +9,14 @@ mode agree. eps sits inside the square root. The paper's typed statements apply 
 size.
 """
 
-import sympy as sp
+import dataclasses
 
-from theory.batch_algebra import batch_mean, y
-from theory.normaliser import Normaliser, eps, sigma
+from theory.normalisers import batchnorm as _batchnorm  # the module, so discovery finds BATCHNORM once
 
-mu = sp.Symbol("mu", real=True)
-var = sp.Symbol("var", nonnegative=True)
-
-GROUPNORM = Normaliser(
+# The same forward formula as BatchNorm (shared, not copied); only the axis of its m values differs.
+GROUPNORM = dataclasses.replace(
+    _batchnorm.BATCHNORM,
     name="groupnorm",
     title="GroupNorm / InstanceNorm (biased variance)",
     axis="group: one sample over a group of channels x positions (InstanceNorm: one channel)",
-    statistics=(
-        (mu, batch_mean(lambda i: y[i], "i")),
-        (var, batch_mean(lambda i: (y[i] - mu) ** 2, "i")),
-    ),
-    hat=lambda sample: (sample - mu) / sp.sqrt(var + eps),
-    scale=sp.sqrt(var + eps),
-    scale_of_sigma={var: sigma**2 - eps},
-    paper_form=True,
 )

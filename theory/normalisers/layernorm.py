@@ -10,24 +10,14 @@ feature count. torch's LayerNorm has elementwise affine parameters; the theory t
 beta of the analysed unit as constants, as the paper does.
 """
 
-import sympy as sp
+import dataclasses
 
-from theory.batch_algebra import batch_mean, y
-from theory.normaliser import Normaliser, eps, sigma
+from theory.normalisers import batchnorm as _batchnorm  # the module, so discovery finds BATCHNORM once
 
-mu = sp.Symbol("mu", real=True)
-var = sp.Symbol("var", nonnegative=True)
-
-LAYERNORM = Normaliser(
+# The same forward formula as BatchNorm (shared, not copied); only the axis of its m values differs.
+LAYERNORM = dataclasses.replace(
+    _batchnorm.BATCHNORM,
     name="layernorm",
     title="LayerNorm (biased variance)",
     axis="features: one sample over its m features (channels x positions)",
-    statistics=(
-        (mu, batch_mean(lambda i: y[i], "i")),
-        (var, batch_mean(lambda i: (y[i] - mu) ** 2, "i")),
-    ),
-    hat=lambda sample: (sample - mu) / sp.sqrt(var + eps),
-    scale=sp.sqrt(var + eps),
-    scale_of_sigma={var: sigma**2 - eps},
-    paper_form=True,
 )
