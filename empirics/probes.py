@@ -25,19 +25,13 @@ from torch import nn
 
 from . import activations, curvature, ics, landscape, weight_bounds
 from .config import ProbeConfig
+from .norms import norm_slots
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
-
-
-def _norm_modules(model: nn.Module) -> list[nn.Module]:
-    """Outputs to histogram / layers to probe: every normalisation module, else every ReLU."""
-    norms = [m for m in model.modules() if m is not model and getattr(m, "is_normaliser", False)
-             or isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    return norms or [m for m in model.modules() if isinstance(m, nn.ReLU)]
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
@@ -77,7 +71,7 @@ class ProbeRecorder:
                 terms = weight_bounds.weight_bound_terms(model, layer, x, target, self.loss_fn)
                 self.tables["weights"].append(_rows(step, index, terms))
         if _due(p.histogram_every, step):
-            modules = _norm_modules(model)
+            modules = norm_slots(model)  # the normaliser's output (noise included), or the conv at its place
             if self._edges is None:  # fixed once per run, from the first histogram step
                 with landscape.training_function(model), torch.no_grad():
                     kept = []
