@@ -151,6 +151,9 @@ class ExperimentConfig:
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
     threads: int = 1  # torch intra-op threads per run (0 = torch's default; recorded; affects float sums)
     workers: int = 2  # runs trained in parallel processes (does not change any result; not in run ids)
+    # updates between a run's checkpoints (0 = none): an interrupted run resumes from the last one,
+    # bit-identically on CPU (empirics.train); scheduling only, so not in run ids
+    checkpoint_every: int = 0
 
 
 # What a run's result depends on, per model kind: the run id hashes exactly these sections (minus the
@@ -197,6 +200,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         dln=DLNConfig(depth=6, samples=200, steps=30, eval_every=10, log_every=5, probe_every=10),
         experiments=PRESET_EXPERIMENTS,
         workers=1,  # tiny runs: spawning processes would cost more than it saves
+        checkpoint_every=10,  # so the tests exercise resuming mid-run
     ),
     # minutes on a 2-core CPU
     "default": ExperimentConfig(experiments=PRESET_EXPERIMENTS),
@@ -212,6 +216,7 @@ PRESETS: dict[str, ExperimentConfig] = {
         lp_norms=(Norm.LP1, Norm.LP2, Norm.LPINF),
         threads=0,
         workers=1,  # one GPU: runs in sequence
+        checkpoint_every=500,  # a killed 15k-step run loses at most 500 steps
     ),
 }
 
@@ -311,6 +316,8 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
     if t.bn_eps <= 0:
         raise ConfigError(f"train.bn_eps={t.bn_eps} must be > 0 (torch rejects eps = 0 in training mode)")
+    if config.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 turns checkpoints off)")
     if config.threads < 0 or config.workers < 1:
         raise ConfigError(f"threads={config.threads} must be >= 0 and workers={config.workers} >= 1")
     if config.data.name not in ("mnist1d", "cifar10"):

@@ -7,17 +7,24 @@ record at step s the parameters after s updates, the last one at s = steps_done.
 Batches: every epoch draws a fresh permutation of the training set from the run's own generator
 and cuts it into full batches of batch_size; the remainder is dropped, so every BN batch has the
 same m. Nothing reads or advances the global RNGs.
+
+Checkpoints: with `config.checkpoint_every = k > 0`, after every k-th update the run's whole state
+-- parameters and buffers, optimiser, its three generators (init, batch order, normaliser noise),
+the position in the current epoch's permutation, history, captures and probe tables so far -- is
+written atomically to `checkpoint.pt` in the run directory. A run started again finds it and
+continues from that step; on CPU it ends bit-identical to an uninterrupted run (tested). No global
+or CUDA RNG stream is drawn by a run, so none is saved.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -60,12 +67,53 @@ def _stream_generators(seed: int) -> tuple[torch.Generator, torch.Generator, tor
     return tuple(torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0])) for c in children)
 
 
-def _batch_indices(n: int, batch_size: int, generator: torch.Generator):
-    """Endless stream of index batches: a fresh permutation per epoch, remainder dropped."""
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
+class _BatchOrder:
+    """Endless stream of index batches: a fresh permutation per epoch, remainder dropped.
+
+    The permutation and the position in it are state (`state_dict`), so a resumed run draws the
+    batches an uninterrupted one would; the generator's own state is saved with the run's others.
+    """
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.order: torch.Tensor | None = None  # (n,) this epoch's permutation
+        self.start = 0
+
+    def __iter__(self) -> "_BatchOrder":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self.order is None or self.start + self.batch_size > self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.start = 0
+        batch = self.order[self.start : self.start + self.batch_size]
+        self.start += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"order": self.order, "start": self.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order, self.start = state["order"], state["start"]
+
+
+class _FullBatch:
+    """Every sample at every step (the DLN's gradient descent); nothing to save."""
+
+    def __init__(self, n: int):
+        self.everything = torch.arange(n)
+
+    def __iter__(self) -> "_FullBatch":
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        return self.everything
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -125,8 +173,9 @@ class _Task:
     x_test: torch.Tensor
     y_test: torch.Tensor
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    batches: Iterator[torch.Tensor]
+    batches: _BatchOrder | _FullBatch
     classifies: bool  # accuracies are meaningful (mnist1d) or not (DLN regression)
+    generators: dict[str, torch.Generator]  # every RNG stream the run draws from: init, order, noise
 
 
 def _vgg_task(spec: RunSpec, device: torch.device) -> _Task:
@@ -144,20 +193,21 @@ def _vgg_task(spec: RunSpec, device: torch.device) -> _Task:
                             noise_generator=noise_generator).to(device)
     return _Task(model, data.x_train.to(device), data.y_train.to(device),  # (4000, 1, 40), (4000,)
                  data.x_test.to(device), data.y_test.to(device), F.cross_entropy,
-                 _batch_indices(len(data.y_train), config.train.batch_size, order_generator), classifies=True)
+                 _BatchOrder(len(data.y_train), config.train.batch_size, order_generator), classifies=True,
+                 generators={"init": init_generator, "order": order_generator, "noise": noise_generator})
 
 
 def _dln_task(spec: RunSpec, device: torch.device) -> _Task:
     """Deep linear network, full batch: every step sees all samples; the test set is a fresh draw."""
     d, bn_eps = spec.config.dln, spec.config.train.bn_eps
-    init_generator, _order, noise_generator = _stream_generators(spec.seed)
+    init_generator, order_generator, noise_generator = _stream_generators(spec.seed)
     model = build_dln(d.depth, d.width, norm_factory(spec.norm, bn_eps, noise_generator) or "none",
                       generator=init_generator).to(device)
     x, target, a = synthetic_regression(d.samples, d.width, seed=spec.seed)
     x_test = torch.randn(d.samples, d.width, generator=torch.Generator().manual_seed(spec.seed + 10_000))
-    everything = torch.arange(d.samples)
     return _Task(model, x.to(device), target.to(device), x_test.to(device), (x_test @ a.T).to(device), dln_loss,
-                 itertools.repeat(everything), classifies=False)
+                 _FullBatch(d.samples), classifies=False,
+                 generators={"init": init_generator, "order": order_generator, "noise": noise_generator})
 
 
 def _schedule(spec: RunSpec) -> tuple[int, int, int, int]:
@@ -169,8 +219,72 @@ def _schedule(spec: RunSpec) -> tuple[int, int, int, int]:
     return t.steps, t.eval_every, t.log_every, t.capture_every
 
 
-def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
-    """Train one run in memory; a non-finite loss stops it cleanly with `diverged_at` set."""
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint's content changes; an older one is then ignored
+
+
+@dataclass
+class _Progress:
+    """Everything a run has produced so far, besides the model and optimiser: what a checkpoint adds."""
+
+    next_step: int = 0
+    train_log: dict = field(default_factory=lambda: {"step": [], "loss": [], "acc": []})
+    test_log: dict = field(default_factory=lambda: {"step": [], "loss": [], "acc": []})
+    capture_chunks: list = field(default_factory=list)
+    last_finite: dict | None = None  # {"step", "loss"} of the last step whose loss was finite
+    wall_s: float = 0.0  # training time before this process took over
+    resumed_at: list = field(default_factory=list)  # steps at which the run was resumed from a checkpoint
+
+
+def _save_checkpoint(path: Path, spec: RunSpec, task: _Task, optimizer, probes: ProbeRecorder,
+                     progress: _Progress) -> None:
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "run_id": spec.run_id,
+        "model": task.model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "generators": {name: generator.get_state() for name, generator in task.generators.items()},
+        "batches": task.batches.state_dict(),
+        # the recorder's tables and histogram edges are its whole state (empirics.probes)
+        "probes": {"tables": probes.tables, "edges": probes._edges},
+        "progress": progress,
+    }
+    write_atomic(path, lambda file: torch.save(state, file))
+
+
+def _load_checkpoint(path: Path, spec: RunSpec, task: _Task, optimizer, probes: ProbeRecorder) -> _Progress | None:
+    """Restore the run's state from `path`; None (start from step 0) if there is no usable checkpoint.
+
+    The file is this run's own, written by `_save_checkpoint` into the output directory, so it is
+    unpickled in full (weights_only=False: it holds numpy capture rows and the progress record).
+    A checkpoint that cannot be read or belongs to another run id or format is ignored: the run
+    then starts over, which costs time but never gives a wrong result.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # noqa: BLE001 - any unreadable checkpoint is only a lost shortcut
+        return None
+    if not (isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT and state.get("run_id") == spec.run_id):
+        return None
+    task.model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for name, generator in task.generators.items():
+        generator.set_state(state["generators"][name])
+    task.batches.load_state_dict(state["batches"])
+    probes.tables, probes._edges = state["probes"]["tables"], state["probes"]["edges"]
+    progress = state["progress"]
+    progress.resumed_at.append(progress.next_step)
+    return progress
+
+
+def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = None) -> TrainResult:
+    """Train one run in memory; a non-finite loss stops it cleanly with `diverged_at` set.
+
+    With `checkpoint` (a file path) the run resumes from it if it holds this run's state, and writes
+    it every `config.checkpoint_every` updates (0: never).
+    """
     validate(spec.config)
     device = resolve_device(spec.config.device)
     task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, device)
@@ -179,12 +293,12 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0, weight_decay=0.0)
     capture = BoundCapture(model) if norm_layers(model) and capture_every else None
     probes = ProbeRecorder(spec.probes, model, task.loss_fn, spec.lr)
-
-    train_log = {"step": [], "loss": [], "acc": []}
-    test_log = {"step": [], "loss": [], "acc": []}
-    capture_chunks = []
+    state = (_load_checkpoint(checkpoint, spec, task, optimizer, probes) if checkpoint is not None else None) \
+        or _Progress()
+    train_log, test_log, capture_chunks = state.train_log, state.test_log, state.capture_chunks
+    checkpoint_every = spec.config.checkpoint_every if checkpoint is not None else 0
     diverged_at = None
-    steps_done = 0
+    steps_done = state.next_step
     started = time.perf_counter()
 
     def record_test(step: int) -> None:
@@ -193,7 +307,8 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
         test_log["loss"].append(loss)
         test_log["acc"].append(acc if task.classifies else None)
 
-    bar = tqdm(range(steps), desc=spec.run_id, disable=not progress)
+    bar = tqdm(range(state.next_step, steps), desc=spec.run_id, disable=not progress, initial=state.next_step,
+               total=steps)
     for step in bar:
         if step % eval_every == 0:
             record_test(step)
@@ -217,6 +332,7 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
         if not finite:
             diverged_at = step
             break
+        state.last_finite = {"step": step, "loss": loss_value}
         if capturing:
             capture_chunks.append(capture.collect(step))
         probes.before_update(step, xb, yb)
@@ -227,6 +343,9 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
         if before is not None:
             probes.after_update(step, xb, yb, before, grads)
         steps_done = step + 1
+        if checkpoint_every and steps_done % checkpoint_every == 0 and steps_done < steps:
+            at = dataclasses.replace(state, next_step=steps_done, wall_s=state.wall_s + time.perf_counter() - started)
+            _save_checkpoint(checkpoint, spec, task, optimizer, probes, at)
         if progress and step % log_every == 0:
             bar.set_postfix(loss=f"{loss_value:.3g}")
     bar.close()
@@ -242,8 +361,10 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
         "final_train_loss": final_train[0],
         "final_test_loss": test_log["loss"][-1],
         "diverged_at": diverged_at,
+        "last_finite": state.last_finite,
         "steps_done": steps_done,
-        "wall_s": time.perf_counter() - started,
+        "wall_s": state.wall_s + time.perf_counter() - started,
+        "resumed_at": state.resumed_at,
         "device": str(device),
         "backend": _backend_flags(),
     }
@@ -251,9 +372,10 @@ def train_model(spec: RunSpec, progress: bool = True) -> TrainResult:
 
 
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
-    """Train one run and write spec.json, history.json, captures.npz, then the `done` marker.
+    """Train one run and write spec.json, history.json, captures.npz, probes.npz, then the `done` marker.
 
-    Returns the history as written (non-finite floats as None).
+    Resumes from the directory's checkpoint when it holds one of this run, and deletes it once the
+    run is done. Returns the history as written (non-finite floats as None).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,9 +385,10 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
         {"run_id": spec.run_id, "kind": spec.kind, "norm": spec.norm.value, "lr": spec.lr, "seed": spec.seed,
          "probes": to_dict(spec.probes), "config": to_dict(spec.config)},
     )
-    result = train_model(spec, progress=progress)
+    result = train_model(spec, progress=progress, checkpoint=out_dir / CHECKPOINT)
     write_json(out_dir / "history.json", result.history)
     write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
     write_atomic(out_dir / "probes.npz", lambda file: np.savez(file, **result.probes))
     write_atomic(out_dir / "done", lambda file: None)
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)  # the finished files supersede it
     return strict_json(result.history)

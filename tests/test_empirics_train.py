@@ -13,11 +13,10 @@ import torch
 from empirics import runner, train
 from empirics.capture import ROW_KEYS
 from empirics.config import PRESETS, ConfigError, Device, Norm, RunSpec, run_specs
+from empirics.storage import strict_json
 from empirics.train import evaluate, resolve_device, train_model, train_run
 
 SMOKE = dataclasses.replace(PRESETS["smoke"], device=Device.CPU)
-
-
 
 
 def _with_train(config, **changes):
@@ -160,3 +159,87 @@ def test_run_all_validates_before_training(tmp_path):
 def test_load_run_refuses_incomplete_runs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no 'done' marker"):
         runner.load_run(tmp_path)
+
+
+class _Interrupt(Exception):
+    """Raised by a test hook inside the training loop, as a kill would stop it there."""
+
+
+def _interrupting_probes(monkeypatch, at_step: int) -> None:
+    """Make the probe recorder raise when the loop reaches `at_step` (after that step's backward)."""
+    real_before_update = train.ProbeRecorder.before_update
+
+    def before_update(self, step, x, target):
+        if step == at_step:
+            raise _Interrupt(step)
+        return real_before_update(self, step, x, target)
+
+    monkeypatch.setattr(train.ProbeRecorder, "before_update", before_update)
+
+
+def _run_arrays(directory) -> dict[str, np.ndarray]:
+    arrays = {}
+    for name in ("captures", "probes"):
+        with np.load(directory / f"{name}.npz", allow_pickle=False) as archive:
+            arrays.update({f"{name}/{key}": archive[key] for key in archive.files})
+    return arrays
+
+
+# runs whose probes cover every kind of state a checkpoint must carry: captures and histogram
+# edges (noisy BN, its noise generator), ICS snapshots and landscape tables, the DLN's full batch
+_RESUMABLE = {
+    "noisy_batchnorm": lambda: [s for s in run_specs(dataclasses.replace(SMOKE, experiments=("noisy", "ics")))
+                                if s.norm is Norm.NOISY_BATCHNORM][0],
+    "batchnorm-bounds": lambda: [s for s in run_specs(dataclasses.replace(SMOKE, experiments=("bounds", "landscape")))
+                                 if s.norm is Norm.BATCHNORM][0],
+    "dln": lambda: [s for s in run_specs(dataclasses.replace(SMOKE, experiments=("dln",)))
+                    if s.norm is Norm.BATCHNORM][0],
+}
+
+
+@pytest.mark.parametrize("which", sorted(_RESUMABLE))
+def test_a_run_interrupted_mid_way_resumes_from_its_checkpoint_bit_identically(which, tmp_path, monkeypatch):
+    spec = _RESUMABLE[which]()
+    assert spec.config.checkpoint_every == 10 and spec.config.train.steps == 30
+    uninterrupted = tmp_path / "uninterrupted"
+    train_run(spec, uninterrupted, progress=False)
+
+    resumed = tmp_path / "resumed"
+    with monkeypatch.context() as patch:
+        _interrupting_probes(patch, at_step=17)  # last checkpoint after 10 updates; steps 10..16 are lost
+        with pytest.raises(_Interrupt):
+            train_run(spec, resumed, progress=False)
+    assert (resumed / train.CHECKPOINT).exists() and not (resumed / "done").exists()
+    assert torch.load(resumed / train.CHECKPOINT, weights_only=False)["progress"].next_step == 10
+
+    history = train_run(spec, resumed, progress=False)
+    assert history["resumed_at"] == [10]
+    assert not (resumed / train.CHECKPOINT).exists()  # deleted once the run is done
+    expected, got = _strict_json(uninterrupted / "history.json"), _strict_json(resumed / "history.json")
+    for key in ("wall_s", "resumed_at"):  # time taken and the resume itself are the only differences
+        expected.pop(key), got.pop(key)
+    assert got == expected
+    expected_arrays, got_arrays = _run_arrays(uninterrupted), _run_arrays(resumed)
+    assert sorted(got_arrays) == sorted(expected_arrays) and expected_arrays
+    for key, array in expected_arrays.items():
+        assert got_arrays[key].dtype == array.dtype and np.array_equal(got_arrays[key], array, equal_nan=True), key
+
+
+def test_checkpoint_interval_changes_no_run_id():
+    every = dataclasses.replace(SMOKE, checkpoint_every=7)
+    never = dataclasses.replace(SMOKE, checkpoint_every=0)
+    assert [s.run_id for s in run_specs(every)] == [s.run_id for s in run_specs(never)]
+
+
+def test_a_checkpoint_of_another_run_is_ignored(tmp_path, monkeypatch):
+    spec = RunSpec(_with_train(SMOKE, steps=12), Norm.BATCHNORM, 0.1, 0)
+    other = RunSpec(_with_train(SMOKE, steps=12), Norm.BATCHNORM, 0.1, 1)
+    with monkeypatch.context() as patch:
+        _interrupting_probes(patch, at_step=11)
+        with pytest.raises(_Interrupt):
+            train_run(other, tmp_path / "other", progress=False)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "other" / train.CHECKPOINT).rename(tmp_path / "run" / train.CHECKPOINT)
+    history = train_run(spec, tmp_path / "run", progress=False)
+    assert history["resumed_at"] == [] and history["steps_done"] == 12
+    assert history["train"] == strict_json(train_model(spec, progress=False).history["train"])
