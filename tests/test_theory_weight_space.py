@@ -242,10 +242,22 @@ def test_search_finds_a_per_unit_bound_violation_when_eps_is_negative():
     assert violation is not None, "no violation of the per-unit bound with eps = -1/6"
 
 
-def test_normalisers_not_over_the_batch_have_no_per_unit_bound():
+def test_per_sample_normalisers_have_no_per_unit_bound_and_weight_normalisers_no_layer_bound():
     from theory.normalisers import REGISTRY
 
     for name, normaliser in REGISTRY.items():
-        if not weight_space.normalises_over_batch(normaliser):
-            with pytest.raises(KeyError, match="not one unit over the batch"):
+        layout = weight_space.group_layout(normaliser)
+        if layout is weight_space.GroupLayout.ROW:
+            with pytest.raises(KeyError, match="every column of dL-hat/dW mixes all groups"):
                 numeric.weight_grad_bound(name)
+        if layout is weight_space.GroupLayout.WEIGHTS:
+            with pytest.raises(KeyError, match="not entries of y = XW"):
+                numeric.layer_weight_grad_bound(name)
+
+
+def test_an_axis_without_a_known_leading_word_is_a_clear_error():
+    import dataclasses
+
+    odd = dataclasses.replace(BATCHNORM, name="odd_axis", axis="over the samples")
+    with pytest.raises(ValueError, match="must start with one of 'batch:'"):
+        weight_space.group_layout(odd)

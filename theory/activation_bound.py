@@ -16,6 +16,8 @@ scale and yhat at concrete m instead (status `checked` or `refuted`, general_m f
 
 from __future__ import annotations
 
+import functools
+
 import sympy as sp
 
 from theory.batch_algebra import m
@@ -116,6 +118,7 @@ CONCRETE_EPSILONS = (sp.Integer(0), sp.Rational(1, 4))
 DIFFERENTIABLE_ASSUMPTION = r"\text{the forward is differentiable at } y \text{ (no } |x| \text{ at } 0 \text{, no tied max)}"
 
 
+@functools.cache  # weight_space_analogues.establish_concrete builds on the same check
 def establish_concrete(normaliser: Normaliser, reason: str) -> dict[str, ClaimResult]:
     """thm4.1 for a normaliser without a symbolic-m closed form, checked exactly at concrete m.
 

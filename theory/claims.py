@@ -20,7 +20,8 @@ from theory.counterexample import Counterexample
 
 G1, G2 = mixed_sum(0, 1), mixed_sum(0, 2)  # <1, g> and ||g||^2
 _LATEX_BY_NAME = {"G_1": r"\langle\mathbf{1},g\rangle", "G_2": r"\|g\|^2", "G_hat": r"\langle g,\hat{y}\rangle",
-                  "var": r"\mathrm{var}", "sigma": r"\sigma", "ms": r"\overline{y^2}"}
+                  "var": r"\mathrm{var}", "sigma": r"\sigma", "ms": r"\overline{y^2}",
+                  "X_op_sq": r"\|X\|_2^2", "dy_sq": r"\|\delta_j\|^2"}
 
 ACTIVATION_ASSUMPTIONS = (
     r"m \ge 2", r"\epsilon \ge 0", r"\sigma_j > 0 \text{ (the normalising scale, eps included)}",

@@ -38,7 +38,10 @@ class Normaliser:
 
     name: str
     title: str
-    axis: str  # what the m values of one group are, e.g. "one channel over all (sample, position) pairs"
+    # What the m values of one group are. The leading word names where a group sits in a layer y = XW
+    # (`weight_space.AXIS_LAYOUTS`: "batch", "features", "group" or "weight space"), which decides the
+    # thm4.4 analogue; the rest is free text, e.g. "batch: one channel over all (sample, position) pairs".
+    axis: str
     statistics: tuple[tuple[sp.Symbol, sp.Expr], ...]
     hat: Callable[[sp.Expr], sp.Expr]  # one sample -> its normalised value, in the statistics' symbols
     scale: sp.Expr  # the normalising scale in the statistics' symbols (presented as sigma)

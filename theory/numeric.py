@@ -212,22 +212,55 @@ def jacobian(normaliser: str, batch: np.ndarray, gamma_value: float, eps_value: 
     return entry_fn(batch[:, None], batch[None, :], np.eye(size), *stats, gamma_value, eps_value, size)
 
 
-# --- weight space (thm4.4): the weight-space statements' block, kept separate from the above -------
+# --- weight space (thm4.4 and its analogues): the weight-space statements' block, kept separate ------
 
-from theory.weight_space import normalises_over_batch, per_unit_bound_expression, x_op_sq  # noqa: E402
+from theory.weight_space import GroupLayout, group_layout, x_op_sq  # noqa: E402
+from theory.weight_space_analogues import dy_sq  # noqa: E402
 
 
 @functools.cache
 def weight_grad_bound(normaliser: str = "batchnorm"):
-    """f(x_op_sq, g_sq, g_sum, g_yhat, m, gamma, sigma) = ||X||_2^2 * RHS_thm4.1 (thm4.4-per-unit).
+    """f(x_op_sq, a, g_sum, g_yhat, m, gamma, sigma): the per-unit weight bound (thm4.4-per-unit) of `normaliser`.
 
-    Bounds ||dL-hat/dW_{.j}||^2 = ||X^T dL-hat/dy_j||^2 for one unit j of a dense layer y = X W, with
-    x_op_sq = ||X||_2^2 the squared spectral norm of the layer's input batch X (m x d) and the other
-    arguments as for `activation_bound` (g = dL-hat/dz_j over the same batch). Only for normalisers
-    whose groups are one unit over the batch (`weight_space.normalises_over_batch`).
+    x_op_sq = ||X||_2^2 is the squared spectral norm of the layer's input batch X (m x d), y = X W.
+
+    - groups over the batch (BatchNorm, l1, l2, l-inf): bounds ||dL-hat/dW_(.j)||^2 = ||X^T dL-hat/dy_j||^2
+      by ||X||_2^2 RHS_thm4.1; a = g_sq = ||g||^2 and the rest as for `activation_bound`, over unit j's
+      batch (g = dL-hat/dz_j). For l1 and l-inf RHS_thm4.1 is the typed form, which is refuted for them.
+    - weight-space normalisers (WeightNorm, w_j = gamma v_j/||v_j||): bounds ||dL-hat/dv_j||^2 by RHS_thm4.1
+      with ||g||^2 -> ||X||_2^2 ||delta_j||^2; a = dy_sq = ||delta_j||^2, delta_j = dL-hat/dy_j, and
+      g_sum = <1, X^T delta_j>, g_yhat = <X^T delta_j, v_j/||v_j||>, m = d, sigma = ||v_j||.
+
+    Per-sample normalisers (LayerNorm, RMSNorm, GroupNorm) have no per-unit bound: `layer_weight_grad_bound`.
     """
     target = _normaliser(normaliser)
-    if not normalises_over_batch(target):
-        raise KeyError(f"no per-unit weight bound for {normaliser}: its groups run over {target.axis!r}, not one "
-                       "unit over the batch, so y_j = X W_(.j) is not one group; use a batch-axis normaliser")
-    return sp.lambdify((x_op_sq, *_INVARIANT_ARGS[:-1]), per_unit_bound_expression(derive(target)), "numpy")
+    layout = group_layout(target)
+    bound = _bounds(target)["thm4.1"]
+    if layout is GroupLayout.ROW:
+        raise KeyError(f"no per-unit weight bound for {normaliser}: its groups are {layout.value} ({target.axis!r}), "
+                       "so every column of dL-hat/dW mixes all groups; use layer_weight_grad_bound (whole matrix)")
+    first = _G2 if layout is GroupLayout.COLUMN else dy_sq
+    expr = x_op_sq * bound if layout is GroupLayout.COLUMN else bound.subs(_G2, x_op_sq * dy_sq)
+    return sp.lambdify((x_op_sq, first, *_INVARIANT_ARGS[1:-1]), expr, "numpy")
+
+
+@functools.cache
+def layer_weight_grad_bound(normaliser: str):
+    """f(x_op_sq, g_sq, g_sum, g_yhat, m, gamma, sigma) = ||X||_2^2 sum_k RHS_thm4.1(g_k) (thm4.4-per-layer).
+
+    Bounds ||dL-hat/dW||_F^2 for a whole dense layer y = X W followed by the normaliser. The invariants
+    are arrays whose LAST axis runs over the groups k of the layer (every group of every sample for
+    LayerNorm/RMSNorm/GroupNorm; every unit for a batch-axis normaliser); the bound sums over it.
+    """
+    target = _normaliser(normaliser)
+    if group_layout(target) is GroupLayout.WEIGHTS:
+        raise KeyError(f"no layer bound for {normaliser}: its groups are weight vectors ({target.axis!r}), not "
+                       "entries of y = XW; use weight_grad_bound (per unit)")
+    per_group = sp.lambdify(_INVARIANT_ARGS[:-1], _bounds(target)["thm4.1"], "numpy")
+
+    def bound(x_op_sq_value, g_sq, g_sum, g_yhat, m_value, gamma_value, sigma_value):
+        terms = per_group(g_sq, g_sum, g_yhat, m_value, gamma_value, sigma_value)
+        return np.asarray(x_op_sq_value) * np.sum(terms + np.zeros(np.shape(g_sq)), axis=-1)
+
+    bound.__name__ = f"{target.name}_layer_weight_grad_bound"
+    return bound

@@ -10,7 +10,15 @@ their left sides always come from `derive`. For a normaliser without a symbolic-
 
 from __future__ import annotations
 
-from theory import activation_bound, gradient_formula, initialisation, rescaling, smoothness, weight_space
+from theory import (
+    activation_bound,
+    gradient_formula,
+    initialisation,
+    rescaling,
+    smoothness,
+    weight_space,
+    weight_space_analogues,
+)
 from theory.batch_algebra import NoClosedForm
 from theory.cache import cached
 from theory.claims import ClaimResult, Status  # noqa: F401 - re-exported
@@ -19,7 +27,8 @@ from theory.derive import Derivation, derive
 from theory.normaliser import Normaliser
 
 CONCRETE_SIZES = tuple(range(2, 9))
-STATEMENT_MODULES = (gradient_formula, activation_bound, smoothness, rescaling, weight_space, initialisation)
+STATEMENT_MODULES = (gradient_formula, activation_bound, smoothness, rescaling, weight_space, weight_space_analogues,
+                     initialisation)
 
 
 def concrete_evidence(derivation: Derivation) -> tuple[tuple[int, ...], str]:

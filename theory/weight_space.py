@@ -28,6 +28,7 @@ normaliser run over the batch axis (m), as in thm4.1; eps >= 0 and gamma are as 
 
 from __future__ import annotations
 
+import enum
 import functools
 import random
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ def printed_form_typed() -> sp.Expr:
 # --- 1. the per-unit weight-gradient identity -------------------------------------------------------
 
 
+@functools.cache  # independent of the normaliser: computed once per process
 def unit_gradient_identity_residual() -> sp.Expr:
     """dL-hat/dW_{aj} - (X^T v_j)_a for symbolic m, d, n, by diff through y_{kl} = sum_i X_ki W_il."""
     X, W, v = (sp.IndexedBase(name, real=True) for name in ("X", "W", "v"))
@@ -87,6 +89,7 @@ def unit_gradient_identity_residual() -> sp.Expr:
     return sp.simplify(chain - sp.Sum(X[row, a] * v[row, j], (row, 1, m)))
 
 
+@functools.cache
 def unit_gradient_identity_concrete(shapes=CONCRETE_SHAPES) -> dict[tuple[int, int, int], bool]:
     """(m, d, n) -> whether d/dW_{.j} L(X W) - X^T (dL/dy_j) simplifies to 0 for every j, L undefined."""
     outcome = {}
@@ -106,9 +109,20 @@ def unit_gradient_identity_concrete(shapes=CONCRETE_SHAPES) -> dict[tuple[int, i
     return outcome
 
 
+def unit_gradient_identity() -> tuple[bool, str]:
+    """(whether both routes give dL-hat/dW_(.j) = X^T dL-hat/dy_j, a one-line description of the evidence)."""
+    general = unit_gradient_identity_residual()
+    shapes = unit_gradient_identity_concrete()
+    text = (f"SymPy: dL-hat/dW_(.j) - X^T dL-hat/dy_j = {sp.sstr(general)} for symbolic m, d, n (diff through "
+            f"y = XW as sums) and 0 at (m, d, n) = {sorted(k for k, ok in shapes.items() if ok)} by SymPy's "
+            "chain rule through an undefined loss")
+    return general == 0 and all(shapes.values()), text
+
+
 # --- 3. the maximum over the spectral ball ----------------------------------------------------------
 
 
+@functools.cache
 def spectral_ball_maximum_attained(shapes=CONCRETE_SHAPES) -> dict[tuple[int, int], bool]:
     """(m, d) -> X = lambda v e_1^T/||v|| has X^T X = lambda^2 e_1 e_1^T (so ||X||_2 = lambda) and
     ||X^T v||^2 = lambda^2 ||v||^2, for symbolic v: the operator-norm bound is attained."""
@@ -125,11 +139,6 @@ def spectral_ball_maximum_attained(shapes=CONCRETE_SHAPES) -> dict[tuple[int, in
 
 
 # --- derived bounds ---------------------------------------------------------------------------------
-
-
-def per_unit_bound_expression(derivation: Derivation) -> sp.Expr:
-    """||X||_2^2 * RHS_thm4.1, in X_op_sq and the thm4.1 invariants (||g||^2, <1,g>, <g,yhat>, m, gamma, sigma)."""
-    return x_op_sq * bound_expressions(derivation)["thm4.1"]
 
 
 @functools.cache
@@ -279,14 +288,44 @@ def search_weight_counterexample(derivation: Derivation, rhs: sp.Expr, sizes=(3,
 # --- statuses -----------------------------------------------------------------------------------------
 
 
+class GroupLayout(enum.Enum):
+    """Where one normalisation group sits relative to a dense layer y = X W (X: m x d, W: d x n)."""
+
+    COLUMN = "a column y_j = X W_(.j) of y: one unit over the batch"
+    ROW = "(part of) a row of y: one sample's units"
+    WEIGHTS = "a column W_(.j) of the weights themselves: a weight-space reparametrisation"
+
+
+# The leading word of `Normaliser.axis` (before ":") names the layout; the rest is free text.
+AXIS_LAYOUTS = {"batch": GroupLayout.COLUMN, "features": GroupLayout.ROW, "group": GroupLayout.ROW,
+                "weight space": GroupLayout.WEIGHTS}
+
+
+def group_layout(normaliser) -> GroupLayout:
+    """The layout of `normaliser`'s groups, from the leading word of its `axis` (see `AXIS_LAYOUTS`).
+
+    thm4.4 and its analogues depend on it: for COLUMN the group is y_j = X W_(.j), one unit; for ROW
+    a group lies in one sample's row x_k^T W and every column of the weight gradient X^T V mixes all
+    groups; for WEIGHTS the group is the weight vector itself and X acts on the normaliser's output.
+    """
+    word = normaliser.axis.partition(":")[0].strip()
+    if word not in AXIS_LAYOUTS:
+        raise ValueError(
+            f"normaliser {normaliser.name!r}: axis {normaliser.axis!r} must start with one of "
+            f"{', '.join(repr(w + ':') for w in AXIS_LAYOUTS)} (where one group sits in y = XW); "
+            "e.g. axis=\"batch: one unit over the m samples\"")
+    return AXIS_LAYOUTS[word]
+
+
 def normalises_over_batch(normaliser) -> bool:
-    """Whether one group is one unit over the batch (its `axis` says "batch: ..."), as thm4.4 needs.
+    """Whether one group is one unit over the batch (layout COLUMN), as thm4.4 as printed needs.
 
     Only then is the normalised vector y_j = X W_{.j} a column of X W. For feature- or group-axis
     normalisers (LayerNorm, RMSNorm, GroupNorm) a group is one sample's row x_k^T W, and the weight
     gradient X^T G mixes per-sample groups; for WeightNorm the group is a weight vector, not X W.
+    Their analogues are derived in `weight_space_analogues`.
     """
-    return normaliser.axis.partition(":")[0].strip() == "batch"
+    return group_layout(normaliser) is GroupLayout.COLUMN
 
 
 def _variants() -> dict[str, sp.Expr]:
@@ -387,15 +426,12 @@ def _printed_result(derivation, concrete) -> ClaimResult:
 
 
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
-    """thm4.4-per-unit and thm4.4 for normalisers over the batch axis; thm4.4-printed for the paper's form too."""
+    """thm4.4-per-unit and thm4.4 for normalisers over the batch axis; thm4.4-printed for the paper's form too.
+
+    Other layouts are established by `weight_space_analogues`."""
     if not normalises_over_batch(derivation.normaliser):
         return {}
-    general = unit_gradient_identity_residual()
-    shapes = unit_gradient_identity_concrete()
-    identity_ok = general == 0 and all(shapes.values())
-    identity_text = (f"SymPy: dL-hat/dW_(.j) - X^T dL-hat/dy_j = {sp.sstr(general)} for symbolic m, d, n (diff through "
-                     f"y = XW as sums) and 0 at (m, d, n) = {sorted(k for k, ok in shapes.items() if ok)} by SymPy's "
-                     "chain rule through an undefined loss")
+    identity_ok, identity_text = unit_gradient_identity()
     _, thm41_proved = thm41_slack(derivation)
     results = {
         "thm4.4-per-unit": _per_unit_result(derivation, concrete, identity_ok, thm41_proved, identity_text),

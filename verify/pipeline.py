@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from empirics.config import ExperimentConfig, run_specs, to_dict
-from empirics.runner import load_run, run_all, run_dir
+from empirics.runner import load_run, recovered_runs, run_all, run_dir
 from empirics.storage import write_atomic, write_json
 from empirics.train import resolve_device
 from theory.cache import cached
@@ -43,7 +43,7 @@ def _record_timing(out_dir: Path, stage: str, seconds: float) -> None:
 
 def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"preset": preset, **to_dict(config)})
+    write_json(out_dir / "config.json", {"schema": SCHEMA, "preset": preset, **to_dict(config)})
 
 
 def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None) -> dict:
@@ -158,6 +158,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         "training_summary": training.summarise(classification),
         "dln_training": [r for r in run_records if r["kind"] == "dln"],
         "timings": timings,
+        "recovered_runs": recovered_runs(out_dir),  # corrupt runs set aside and recomputed (empirics.runner)
     }
     write_json(out_dir / "results.json", results)
     write_report(out_dir)
