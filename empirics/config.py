@@ -189,6 +189,8 @@ class RunSpec:
 
 
 ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln")
+# normalisers computing statistics over the batch: undefined for a batch of one
+BATCH_STATISTICS = frozenset({Norm.BATCHNORM, Norm.NOISY_BATCHNORM, Norm.LP1, Norm.LP2, Norm.LPINF})
 PRESET_EXPERIMENTS = ALL_EXPERIMENTS
 
 PRESETS: dict[str, ExperimentConfig] = {
@@ -307,10 +309,18 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"train.steps={t.steps} must be >= 1; give a positive number of steps")
     if any(lr <= 0 for lr in t.lrs):
         raise ConfigError(f"train.lrs={list(t.lrs)} must all be > 0; give positive learning rates")
-    if t.batch_size < 2 and Norm.BATCHNORM in t.norms:
+    specs = run_specs(config)  # also rejects unknown experiments
+    batch_statistics = sorted({s.norm.value for s in specs if s.norm in BATCH_STATISTICS and s.kind == "vgg1d"})
+    if t.batch_size < 2 and batch_statistics:
         raise ConfigError(
-            f"train.batch_size={t.batch_size} is below 2, where batch statistics are undefined; use >= 2"
+            f"train.batch_size={t.batch_size} is below 2, where the batch statistics of {', '.join(batch_statistics)} "
+            "are undefined; use >= 2"
         )
+    d = config.dln
+    if d.steps < 1 or any(lr <= 0 for lr in d.lrs):
+        raise ConfigError(f"dln.steps={d.steps} must be >= 1 and dln.lrs={list(d.lrs)} all > 0; fix them")
+    if d.samples < 2 and any(s.norm in BATCH_STATISTICS for s in specs if s.kind == "dln"):
+        raise ConfigError(f"dln.samples={d.samples} is below 2, where batch statistics are undefined; use >= 2")
     for key in ("eval_every", "log_every", "capture_every"):
         if getattr(t, key) < 1:
             raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")

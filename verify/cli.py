@@ -1,21 +1,29 @@
 """Command line: `python -m verify all|theory|empirics|report [options]`.
 
 Every problem with the arguments or the configuration ends in one line on stderr naming the
-problem and the fix, and exit code 2; nothing written by an earlier stage is touched.
+problem and the fix, and exit code 2. Everything the user gave is checked before any stage
+writes anything -- options, config values, the device, the CIFAR-10 folder, the output directory
+(writable, and not holding results of another schema), normaliser files and names -- so a typo
+never damages an earlier result.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from empirics.cifar import locate_cifar10
-from empirics.config import PRESETS, ConfigError, Device, override, validate
+from empirics.cifar import load_cifar10, locate_cifar10
+from empirics.config import PRESETS, ConfigError, Device, override, run_specs, validate
+from empirics.runner import CorruptRunError
+from empirics.train import resolve_device
 from theory.normalisers import REGISTRY, load_normaliser_file
-from verify import pipeline
+from theory.wellformed import check_well_formed
+from verify import bench, pipeline
 from verify.readme import update_readme
 
 COMMANDS = {
@@ -24,6 +32,7 @@ COMMANDS = {
     "empirics": "train the networks of the preset, capturing bound quantities; write DIR/runs/",
     "report": "check the derived bounds on the captured runs; write DIR/results.json and DIR/report.{md,html}",
     "readme": "rewrite README.md's generated results block from DIR/results.json",
+    "bench": "time the probes and captures against the passes they need; write DIR/bench.json",
 }
 
 
@@ -61,10 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normaliser-file", dest="normaliser_files", action="append", default=[], type=Path,
                         metavar="PATH", help="a .py file defining Normaliser(s) to derive too (see README)")
     parser.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
+    bench.add_arguments(parser)
     return parser
 
 
+TRAINING_COMMANDS = ("all", "empirics")
+
+
 def resolve_config(args: argparse.Namespace):
+    """The preset with the command line applied, validated; the device and the data are checked too."""
     config = PRESETS[args.preset]
     if args.device is not None:
         config = dataclasses.replace(config, device=Device(args.device))
@@ -75,9 +89,58 @@ def resolve_config(args: argparse.Namespace):
     for assignment in args.overrides:
         config = override(config, assignment)
     config = validate(config)
+    run_specs(config)  # unknown experiments
+    resolve_device(config.device)  # --device cuda without CUDA
     if config.data.name == "cifar10":
         locate_cifar10(config.data.root)  # fail before any stage runs, with the fix in the message
+        if args.command in TRAINING_COMMANDS:
+            load_cifar10(config.data.root)  # every file parsed and checked; cached for the training that follows
     return config
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """out_dir can be created and written, and holds no results of another schema (which this code
+    would partly overwrite and partly misread)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output directory {out_dir} is not writable ({error.strerror}); pick another --out "
+                          "or fix its permissions") from None
+    for name in ("results.json", "config.json"):
+        path = out_dir / name
+        try:
+            content = json.loads(path.read_text())
+        except (OSError, ValueError):  # absent, or damaged: rewritten by this run, never read as a result
+            continue
+        if not isinstance(content, dict):
+            continue
+        # results.json has carried `schema` from the start; config.json since schema 1 (absent: 1)
+        schema = content.get("schema", None if name == "results.json" else pipeline.SCHEMA)
+        if schema != pipeline.SCHEMA:
+            raise ConfigError(f"{path} holds results of schema {schema}, this version writes schema {pipeline.SCHEMA}; "
+                              f"pick a new --out, or remove {out_dir} to recompute everything there")
+
+
+def load_normaliser_files(paths: list[Path]) -> None:
+    """Import and register each user normaliser file; any problem with one is a ConfigError, and then
+    the registry is left as it was (a rejected formula is never derived)."""
+    registered = dict(REGISTRY)
+    try:
+        for path in paths:
+            try:
+                for normaliser in load_normaliser_file(path):
+                    check_well_formed(normaliser)
+            except (ValueError, FileNotFoundError) as error:  # ill-formed, no Normaliser, a name already taken
+                raise ConfigError(str(error)) from None
+            except Exception as error:  # noqa: BLE001 - the user's file failed to import; say how
+                raise ConfigError(f"normaliser file {path} failed to import ({type(error).__name__}: {error}); "
+                                  "fix the file") from None
+    except ConfigError:
+        REGISTRY.clear()
+        REGISTRY.update(registered)
+        raise
 
 
 def _normalisers(names: list[str] | None) -> tuple[str, ...] | None:
@@ -93,15 +156,16 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "readme":
         update_readme(out_dir, Path(__file__).resolve().parent.parent / "README.md")
         return
+    if args.command == "bench":
+        bench.run_from_args(args, config, args.out if args.out is not None else Path("reports") / args.size)
+        return
     started = time.perf_counter()
-    pipeline.write_config(config, args.preset, out_dir)
-    for path in args.normaliser_files:
-        try:
-            load_normaliser_file(path)
-        except ValueError as error:  # no Normaliser in the file, or a name already taken
-            raise ConfigError(str(error)) from None
+    load_normaliser_files(args.normaliser_files)
+    normalisers = _normalisers(args.norms)
+    check_output_dir(out_dir)
+    pipeline.write_config(config, args.preset, out_dir)  # the first write of any stage
     if args.command in ("all", "theory"):
-        pipeline.stage_theory(out_dir, _normalisers(args.norms))
+        pipeline.stage_theory(out_dir, normalisers)
     if args.command in ("all", "empirics"):
         pipeline.stage_empirics(config, out_dir, progress=not args.no_progress)
     if args.command in ("all", "report"):
@@ -115,5 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except (ConfigError, FileNotFoundError) as error:
         print(f"verify: error: {error}", file=sys.stderr)
+        return 2
+    except CorruptRunError as error:  # `report` alone met a damaged run; `empirics` recomputes it
+        print(f"verify: error: {error}; run `python -m verify empirics` with the same options: it sets the run "
+              "aside and recomputes it", file=sys.stderr)
         return 2
     return 0
