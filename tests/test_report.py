@@ -122,7 +122,7 @@ def make_output_dir(root: Path, proved_violations: int = 0) -> Path:
              "final_train_acc_std": 0.0, "final_test_acc_mean": 0.5, "steps_to_threshold_mean": 70.0,
              "n_diverged": 0}]},
         "timings": {"total_s": 100.0, "theory_s": 5.0, "empirics_s": 90.0, "report_s": 5.0},
-        "claims": {"future": "field the report does not know yet"},
+        "future_section": {"future": "field the report does not know yet"},
     }
     (out / "results.json").write_text(json.dumps(results))
     return out

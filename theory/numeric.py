@@ -264,3 +264,37 @@ def layer_weight_grad_bound(normaliser: str):
 
     bound.__name__ = f"{target.name}_layer_weight_grad_bound"
     return bound
+
+
+# --- the typed statements of thm4.2 and thm4.4 in measured quantities (verify's measured checks) -----
+
+from theory import smoothness, weight_space  # noqa: E402
+
+
+@functools.cache
+def smoothness_bound(claim_id: str):
+    """f(vHv, gHg, v_sq, g_yhat, m, gamma, sigma) = the right side of thm4.2 or thm4.2b as typed.
+
+    vHv = v^T H v and gHg = g^T H g with H = d^2 L/dz^2 of one channel, v = grad_y L-hat, g = dL/dz,
+    v_sq = ||v||^2: what `empirics.curvature` measures per BN channel.
+    """
+    forms = {"thm4.2": smoothness.first_form_rhs, "thm4.2b": smoothness.second_form_rhs}
+    if claim_id not in forms:
+        raise KeyError(f"no smoothness bound {claim_id!r}; known: {', '.join(forms)}")
+    args = (smoothness.vHv, smoothness.gHg, smoothness.v_sq, g_hat, m, gamma, sigma)
+    return sp.lambdify(args, forms[claim_id](), "numpy")
+
+
+@functools.cache
+def minimax_weight_bound(claim_id: str):
+    """f(x_op_sq, g_sq, g_sum, g_yhat, m, gamma, sigma) = thm4.4's right side as typed (consistent or printed).
+
+    Evaluated at the measured layer with lambda^2 = x_op_sq = ||X||_2^2 and g_j = lambda^2 ||g||^2 (the
+    maximum over the spectral ball with the derivatives held fixed, the reading of `weight_space`).
+    """
+    forms = {"thm4.4": weight_space.consistent_form_typed, "thm4.4-printed": weight_space.printed_form_typed}
+    if claim_id not in forms:
+        raise KeyError(f"no minimax weight bound {claim_id!r}; known: {', '.join(forms)}")
+    expr = forms[claim_id]().subs(weight_space.g_j, weight_space.lam**2 * _G2).subs(weight_space.lam**2, x_op_sq)
+    expr = expr.subs(weight_space.lam, sp.sqrt(x_op_sq))
+    return sp.lambdify((x_op_sq, *_INVARIANT_ARGS[:-1]), expr, "numpy")

@@ -46,6 +46,21 @@ SECOND_FORM_LATEX = (
 )
 
 
+# The typed right sides in the quantities a network measures per channel: vHv = v^T H v, gHg = g^T H g
+# (H the downstream Hessian in z), v_sq = ||v||^2 (v = grad_y L-hat), g_hat = <g, yhat>.
+vHv, gHg, v_sq = sp.symbols("vHv gHg v_sq", real=True)
+
+
+def first_form_rhs() -> sp.Expr:
+    """thm4.2 as printed: (gamma^2/sigma^2) v^T H v - (gamma/(m sigma^2)) <g, yhat> ||v||^2."""
+    return gamma**2 / sigma**2 * vHv - gamma / (m * sigma**2) * g_hat * v_sq
+
+
+def second_form_rhs() -> sp.Expr:
+    """thm4.2b as printed: (gamma^2/sigma^2) (g^T H g - <g, yhat> ||v||^2 / (m gamma))."""
+    return gamma**2 / sigma**2 * (gHg - g_hat * v_sq / (m * gamma))
+
+
 @functools.cache
 def _solve_g_dot_y(derivation: Derivation) -> sp.Expr:
     """sum_i g_i y_i in terms of <g, yhat> (as in `derive`)."""

@@ -1,11 +1,20 @@
 """Claims as data, and checking as a pure function from (claims, measurements) to verdicts.
 
-A measurement table is a dict of equal-length float64/int64 arrays, one row per captured
-(step, layer, channel) of one run (see `empirics.capture`). A `Claim` says which callable from
-`theory.numeric` gives the bound, which column is the measured side, how the tolerance is derived
-and why, and which assumptions of the statement must hold on the row. `check_rows` evaluates one
-claim on one table; `verdicts` aggregates rows into per-layer records with the ratio
-measured/bound (tightness), not only pass/fail.
+A measurement table is a dict of equal-length float64/int64 arrays, one row per measured
+(step, layer, channel) of one run. `measurement_tables` builds the three a run can hold:
+
+    captures    thm4.1 quantities of every BN channel at the capture steps (`empirics.capture`)
+    curvature   thm4.2 Hessian quadratic forms of the probed BN layers (`empirics.curvature`)
+    weights     thm4.4 weight-gradient terms of the layers feeding a BN (`empirics.weight_bounds`),
+                joined to the capture of the same (step, layer, channel) for the thm4.1 invariants
+
+A `Claim` says which table it reads, which callable from `theory.numeric` gives the bound, which
+column is the measured side, how the tolerance is derived and why, which assumptions of the
+statement must hold on a row (rows where one fails are not checked), and which *conditions* are
+only measured (how often they hold, and the violations among rows where they all hold: thm4.2's
+"smoother" conditions, thm4.2b's reading). `check_rows` evaluates one claim on one table;
+`summarise` aggregates rows into records with the ratio measured/bound (tightness), not only
+pass/fail.
 """
 
 from __future__ import annotations
@@ -25,6 +34,14 @@ UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53, "float16": 2.0**-11, 
 ROUNDING_TERMS = 8
 
 
+def gradient_rounding_error(rows: dict[str, np.ndarray], dtype: str) -> np.ndarray:
+    """E: a bound on ||dy_measured - dy|| for dL/dy computed by autograd in `dtype` (see below)."""
+    u = UNIT_ROUNDOFF[dtype]
+    m = rows["m"].astype(np.float64)
+    gamma_m = m * u / (1.0 - m * u)
+    return ROUNDING_TERMS * gamma_m * np.abs(rows["gamma"]) / rows["sigma"] * np.sqrt(rows["g_sq"])
+
+
 def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
     """Absolute tolerance on ||dL/dy||^2 for a dy computed by autograd in `dtype`.
 
@@ -35,10 +52,7 @@ def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype
     E = ROUNDING_TERMS * gamma_m * (|gamma|/sigma) ||g||, and ||dy|| <= sqrt(RHS) whenever the
     bound holds, which gives ||dy_measured||^2 <= (sqrt(RHS) + E)^2 = RHS + 2 sqrt(RHS) E + E^2.
     """
-    u = UNIT_ROUNDOFF[dtype]
-    m = rows["m"].astype(np.float64)
-    gamma_m = m * u / (1.0 - m * u)
-    error = ROUNDING_TERMS * gamma_m * np.abs(rows["gamma"]) / rows["sigma"] * np.sqrt(rows["g_sq"])
+    error = gradient_rounding_error(rows, dtype)
     return 2.0 * np.sqrt(np.maximum(rhs, 0.0)) * error + error**2
 
 
@@ -51,6 +65,9 @@ TOLERANCE_REASON = (
 
 @dataclass(frozen=True)
 class Assumption:
+    """A predicate on rows: an assumption of the statement (rows failing it are not checked) or a
+    condition that is only measured (how often it holds)."""
+
     name: str
     holds: Callable[[dict], np.ndarray]
 
@@ -74,11 +91,13 @@ class Claim:
     tolerance: Callable[[dict, np.ndarray, str], np.ndarray]  # (rows, rhs, dtype) -> absolute tolerance
     tolerance_reason: str
     assumptions: tuple[Assumption, ...]
+    table: str = "captures"  # which measurement table of a run it reads (`measurement_tables`)
+    conditions: tuple[Assumption, ...] = ()  # measured, not required: frequency and violations under them
 
 
 def activation_bound_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
     """thm4.1 and its variants: ||dL/dy||^2 <= (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - c <g,yhat>^2)."""
-    rhs = numeric.activation_bound(claim_id)
+    rhs = numeric.activation_bound(claim_id, normaliser)
     return Claim(
         id=claim_id,
         normaliser=normaliser,
@@ -91,29 +110,199 @@ def activation_bound_claim(claim_id: str, normaliser: str = "batchnorm") -> Clai
     )
 
 
+
+
+def _invariants(rows: dict) -> tuple:
+    return rows["g_sq"], rows["g_sum"], rows["g_yhat"], rows["m"].astype(np.float64), rows["gamma"], rows["sigma"]
+
+
+def matched_scale_claim(normaliser: str = "batchnorm") -> Claim:
+    """obs4.3 measured: at gamma = sigma, beta = mu the BN layer reproduces the standard network's
+    activations (proved), and its Jacobian still removes the <1,g> and <g,yhat> components, so
+    (sigma^2/gamma^2) ||dL-hat/dy||^2 <= ||g||^2 = ||dL/dy|| of the standard network there. Checked in
+    the original units, ||dL-hat/dy||^2 <= (gamma^2/sigma^2) ||g||^2; the ratio is the fraction of the
+    gradient's energy the normaliser keeps."""
+    return Claim(
+        id="obs4.3", normaliser=normaliser, measured="lhs",
+        bound=lambda rows: rows["gamma"] ** 2 / rows["sigma"] ** 2 * rows["g_sq"],
+        tolerance=float_rounding_tolerance, tolerance_reason=TOLERANCE_REASON, assumptions=ACTIVATION_ASSUMPTIONS,
+    )
+
+
+# --- thm4.2: Hessian quadratic forms (curvature table) ------------------------------------------------
+
+HESSIAN_TOLERANCE_REASON = (
+    "rounding of float32 Hessian-vector products: tol = 4 r + gamma_m (|LHS| + |term 1| + |term 2|), where r is "
+    "the row's measured residual of the exact chain-rule identity v^T (d^2 L-hat/dy^2) v = (Jv)^T H (Jv) + "
+    "sum_b g_b v^T (d^2 z_b/dy^2) v (zero in exact arithmetic, so r is the size of the HVPs' rounding on that "
+    "row; 4 = two HVP sides, each a product of rounded factors) and gamma_m (|...|) is Higham's bound for the "
+    "length-m inner products that form each quadratic form (u = 2^-24). No a-priori bound exists for the rounding "
+    "inside an HVP through the downstream network, hence the measured r"
+)
+
+
+def hessian_form_tolerance(terms: Callable[[dict], tuple]) -> Callable[[dict, np.ndarray, str], np.ndarray]:
+    def tolerance(rows: dict, rhs: np.ndarray, dtype: str) -> np.ndarray:
+        u = UNIT_ROUNDOFF[dtype]
+        m = rows["m"].astype(np.float64)
+        gamma_m = m * u / (1.0 - m * u)
+        residual = np.abs(rows["hess_in_v"] - rows["hess_out_Jv"] - rows["bn_second_order"])
+        magnitude = np.abs(rows["hess_in_v"]) + sum(np.abs(term) for term in terms(rows))
+        return 4.0 * residual + gamma_m * magnitude
+    return tolerance
+
+
+CURVATURE_ASSUMPTIONS = ACTIVATION_ASSUMPTIONS[:3] + (
+    Assumption("finite Hessian forms", lambda rows: np.isfinite(rows["hess_in_v"]) & np.isfinite(rows["hess_out_v"])
+               & np.isfinite(rows["hess_out_g"]) & np.isfinite(rows["lhs"])),
+)
+SMOOTHER_CONDITIONS = (
+    Assumption("v^T H v >= 0 (H PSD in the gradient direction)", lambda rows: rows["hess_out_v"] >= 0),
+    Assumption("<g, yhat> > 0", lambda rows: rows["g_yhat"] > 0),
+)
+READING_R1 = Assumption("reading R1: v^T H v <= g^T H g", lambda rows: rows["hess_out_v"] <= rows["hess_out_g"])
+
+
+def smoothness_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
+    """thm4.2 (first form) and thm4.2b (second form) on one BN channel, as typed in `theory.smoothness`."""
+    rhs = numeric.smoothness_bound(claim_id)
+
+    def bound(rows):
+        return rhs(rows["hess_out_v"], rows["hess_out_g"], rows["lhs"], rows["g_yhat"], rows["m"].astype(np.float64),
+                   rows["gamma"], rows["sigma"])
+
+    g2s2 = lambda rows: rows["gamma"] ** 2 / rows["sigma"] ** 2
+    second = lambda rows: np.abs(rows["gamma"]) / (rows["m"] * rows["sigma"] ** 2) * np.abs(rows["g_yhat"]) * rows["lhs"]
+    first_term = {"thm4.2": lambda rows: g2s2(rows) * rows["hess_out_v"],
+                  "thm4.2b": lambda rows: g2s2(rows) * rows["hess_out_g"]}[claim_id]
+    conditions = SMOOTHER_CONDITIONS if claim_id == "thm4.2" else (READING_R1, *SMOOTHER_CONDITIONS)
+    return Claim(id=claim_id, normaliser=normaliser, measured="hess_in_v", bound=bound,
+                 tolerance=hessian_form_tolerance(lambda rows: (first_term(rows), second(rows))),
+                 tolerance_reason=HESSIAN_TOLERANCE_REASON, assumptions=CURVATURE_ASSUMPTIONS, table="curvature",
+                 conditions=conditions)
+
+
+# --- thm4.4: weight space (weights table joined to the captures) ---------------------------------------
+
+WEIGHT_TOLERANCE_REASON = (
+    "tol = (||X||_2 (sqrt(RHS_4.1) + E) + e)^2 - ||X||_2^2 RHS_4.1: E bounds the float32 rounding of dL-hat/dy as "
+    "for thm4.1, and e = ||dL/dW_j - X^T dL/dy_j|| is the measured distance of the float32 weight gradient from the "
+    "float64 product X^T dy (the identity is exact, so e is its rounding); ||X||_2 from a float64 eigvalsh"
+)
+MINIMAX_TOLERANCE_REASON = (
+    "the thm4.1 rounding tolerance scaled by lambda^2 = ||X||_2^2: the measured side is lambda^2 ||dL-hat/dy_j||^2, "
+    "the maximum over the spectral ball with the derivatives held fixed (the reading of theory.weight_space)"
+)
+WEIGHT_ASSUMPTIONS = ACTIVATION_ASSUMPTIONS[:3] + (
+    Assumption("capture of the same (step, layer, channel) found", lambda rows: np.isfinite(rows["g_sq"])),
+    Assumption("finite weight terms", lambda rows: np.isfinite(rows["grad_w_sq"]) & np.isfinite(rows["x_spec_sq"])
+               & np.isfinite(rows["identity_err"])),
+)
+
+
+def weight_per_unit_claim(normaliser: str = "batchnorm") -> Claim:
+    """thm4.4-per-unit: ||dL-hat/dW_{.j}||^2 <= ||X||_2^2 RHS_thm4.1, per unit of a layer feeding a BN."""
+    rhs = numeric.weight_grad_bound(normaliser)
+
+    def tolerance(rows, bound, dtype):
+        x = rows["x_spec_sq"]
+        rhs41 = np.maximum(bound, 0.0) / np.where(x > 0, x, 1.0)
+        reach = np.sqrt(x) * (np.sqrt(rhs41) + gradient_rounding_error(rows, dtype)) + rows["identity_err"]
+        return reach**2 - x * rhs41
+
+    return Claim(id="thm4.4-per-unit", normaliser=normaliser, measured="grad_w_sq",
+                 bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
+                 tolerance_reason=WEIGHT_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
+
+
+def minimax_weight_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
+    """thm4.4 (consistent form) and thm4.4-printed at the measured lambda = ||X||_2, g_j = lambda^2 ||g||^2."""
+    rhs = numeric.minimax_weight_bound(claim_id)
+
+    def tolerance(rows, bound, dtype):
+        x = rows["x_spec_sq"]
+        return x * float_rounding_tolerance(rows, np.maximum(bound, 0.0) / np.where(x > 0, x, 1.0), dtype)
+
+    return Claim(id=claim_id, normaliser=normaliser, measured="minimax_lhs",
+                 bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
+                 tolerance_reason=MINIMAX_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
+
+
 def default_claims() -> tuple[Claim, ...]:
-    return (activation_bound_claim("thm4.1"), activation_bound_claim("thm4.1-printed"))
+    return (activation_bound_claim("thm4.1"), activation_bound_claim("thm4.1-printed"), matched_scale_claim(),
+            smoothness_claim("thm4.2"), smoothness_claim("thm4.2b"), weight_per_unit_claim(),
+            minimax_weight_claim("thm4.4"), minimax_weight_claim("thm4.4-printed"))
+
+
+# --- measurement tables of one run -----------------------------------------------------------------------
+
+_JOINED = ("m", "eps", "gamma", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
+
+
+def _probe_table(probes: dict, name: str) -> dict[str, np.ndarray]:
+    prefix = f"{name}/"
+    return {key[len(prefix):]: value for key, value in probes.items() if key.startswith(prefix)}
+
+
+def join_weights(weights: dict[str, np.ndarray], captures: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Weight rows with the capture columns of the same (step, layer, channel): the i-th layer feeding a BN
+    feeds the i-th BN, and probe and capture see the same batch and parameters at a step. Rows without a
+    capture get NaN (the assumption `capture ... found` then fails on them)."""
+    n = len(weights["step"])
+    index = {key: i for i, key in enumerate(zip(captures.get("step", ()), captures.get("layer", ()),
+                                                  captures.get("channel", ())))}
+    found = np.array([index.get(key, -1) for key in zip(weights["step"], weights["layer"], weights["channel"])],
+                     dtype=np.int64)
+    joined = dict(weights)
+    for key in _JOINED:
+        column = np.full(n, np.nan)
+        if key in captures:
+            column[found >= 0] = np.asarray(captures[key], dtype=np.float64)[found[found >= 0]]
+        joined[key] = column
+    joined["m"] = np.where(np.isfinite(joined["m"]), joined["m"], 0).astype(np.int64)
+    joined["minimax_lhs"] = joined["x_spec_sq"] * joined["lhs"]
+    return joined
+
+
+def measurement_tables(run: dict) -> dict[str, dict[str, np.ndarray]]:
+    """The non-empty measurement tables of a loaded run (`empirics.runner.load_run`)."""
+    tables = {"captures": run.get("captures") or {}, "curvature": _probe_table(run.get("probes") or {}, "curvature")}
+    weights = _probe_table(run.get("probes") or {}, "weights")
+    if weights:
+        tables["weights"] = join_weights(weights, tables["captures"])
+    return {name: rows for name, rows in tables.items() if len(rows.get("step", ())) > 0}
 
 
 def check_rows(claim: Claim, rows: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
-    """Per-row evaluation: lhs, rhs, tol, whether the assumptions held, and violations among those rows."""
+    """Per-row evaluation: lhs, rhs, tol, whether the assumptions held, violations among those rows, and
+    `condition` (all of the claim's measured conditions held; all True when it has none)."""
     held = np.ones(len(rows[claim.measured]), dtype=bool)
     for assumption in claim.assumptions:
-        held &= assumption.holds(rows)
+        with np.errstate(invalid="ignore"):
+            held &= assumption.holds(rows)
+    condition = np.ones_like(held)
+    condition_counts = {}
+    for test in claim.conditions:
+        with np.errstate(invalid="ignore"):
+            holds = np.asarray(test.holds(rows), dtype=bool)
+        condition &= holds
+        condition_counts[test.name] = holds
     lhs = rows[claim.measured]
     with np.errstate(invalid="ignore", divide="ignore"):
         rhs = claim.bound(rows)
         tol = claim.tolerance(rows, rhs, dtype)
-    violated = held & (lhs > rhs + tol)
-    return {"lhs": lhs, "rhs": rhs, "tol": tol, "held": held, "violated": violated}
+        violated = held & (lhs > rhs + tol)
+    return {"lhs": lhs, "rhs": rhs, "tol": tol, "held": held, "violated": violated, "condition": condition,
+            **{f"condition:{name}": holds for name, holds in condition_counts.items()}}
 
 
 def summarise(evaluated: dict[str, np.ndarray]) -> dict:
-    """n checked, violations, worst and median ratio measured/bound (rows with a positive bound)."""
+    """n checked, violations, worst and median ratio measured/bound (rows with a positive bound), and for
+    each measured condition how often it held among the checked rows; violations where all held."""
     held = evaluated["held"]
     positive = held & (evaluated["rhs"] > 0)
     ratio = evaluated["lhs"][positive] / evaluated["rhs"][positive]
-    return {
+    summary = {
         "n_checked": int(held.sum()),
         "n_assumptions_failed": int((~held).sum()),
         "n_violations": int(evaluated["violated"].sum()),
@@ -122,3 +311,11 @@ def summarise(evaluated: dict[str, np.ndarray]) -> dict:
         "median_ratio": float(np.median(ratio)) if ratio.size else None,
         "min_ratio": float(ratio.min()) if ratio.size else None,
     }
+    conditions = {key.removeprefix("condition:"): int((held & value).sum())
+                  for key, value in evaluated.items() if key.startswith("condition:")}
+    if conditions:
+        condition = evaluated.get("condition", np.ones_like(held))
+        summary["conditions_held"] = conditions
+        summary["n_all_conditions_held"] = int((held & condition).sum())
+        summary["n_violations_under_conditions"] = int((evaluated["violated"] & condition).sum())
+    return summary

@@ -291,7 +291,9 @@ figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-
 .alert{border-left:6px solid #cf222e;background:#ffebe9;padding:.7em 1em;margin:1em 0;font-weight:600;color:#82071e}
 .status{display:inline-block;padding:0 .55em;border-radius:1em;font-weight:600;font-size:.9em;background:#eaeef2}
 .status-proved,.status-holds,.status-pass{background:#dafbe1;color:#116329}
-.status-refuted,.status-violated,.status-fail{background:#ffebe9;color:#a40e26}
+.status-refuted,.status-violated,.status-fail,.status-notreproduced{background:#ffebe9;color:#a40e26}
+.status-reproduced{background:#dafbe1;color:#116329}
+.status-mixed,.status-conditional{background:#fff8c5;color:#7d4e00}
 """
 
 

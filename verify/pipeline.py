@@ -26,7 +26,7 @@ from theory.cache import cached
 from theory.normalisers import REGISTRY
 from theory.statements import establish_all
 from verify import checks as checking
-from verify import training
+from verify import effects, training
 from verify.crosscheck import batchnorm_jacobian_agreement
 from verify.report import write_report, write_theory_report
 
@@ -98,31 +98,36 @@ def environment(config: ExperimentConfig) -> dict:
 
 
 def _check_claims(runs: list[dict], claims, model_name: str, out_dir: Path) -> list[dict]:
-    """Evaluate every claim on every run's captures; save per-row data; return per-(layer, lr) records."""
+    """Evaluate every claim on its measurement table of every run; save per-row data to DIR/checks/;
+    return one record per (claim, layer, lr)."""
     (out_dir / "checks").mkdir(exist_ok=True)
+    tables_of = [(run, checking.measurement_tables(run)) for run in runs]
     records = []
     for claim in claims:
         tables = []
-        for run in runs:
-            rows = run["captures"]
-            if len(rows.get("lhs", ())) == 0:
+        for run, measured in tables_of:
+            rows = measured.get(claim.table)
+            if rows is None:
                 continue
             evaluated = checking.check_rows(claim, rows, NETWORK_DTYPE)
-            tables.append({"run_id": np.full(len(rows["lhs"]), run["spec"]["run_id"]),
-                           "lr": np.full(len(rows["lhs"]), run["spec"]["lr"], dtype=np.float64),
-                           "layer": rows["layer"], "channel": rows["channel"], "step": rows["step"],
-                           **evaluated})
+            n = len(rows["step"])
+            tables.append({"run_id": np.full(n, run["spec"]["run_id"]),
+                           "lr": np.full(n, run["spec"]["lr"], dtype=np.float64),
+                           "layer": rows["layer"], "channel": rows["channel"], "step": rows["step"], **evaluated})
         if not tables:
             continue
         table = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
-        columns = {key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol")}
+        columns = {key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol",
+                                                "held", "condition")}
         write_atomic(out_dir / "checks" / f"{claim.normaliser}__{claim.id}.npz", lambda file: np.savez(file, **columns))
         for lr in sorted(set(table["lr"].tolist())):
             for layer in sorted(set(table["layer"].tolist())):
                 selected = (table["lr"] == lr) & (table["layer"] == layer)
-                summary = checking.summarise({key: table[key][selected] for key in ("lhs", "rhs", "held", "violated")})
+                summary = checking.summarise({key: value[selected] for key, value in table.items()
+                                              if key not in ("run_id", "lr", "layer", "channel", "step")})
                 records.append({"claim": claim.id, "normaliser": claim.normaliser, "model": model_name,
-                                "layer": int(layer), "lr": lr, **summary, "tolerance": claim.tolerance_reason})
+                                "table": claim.table, "layer": int(layer), "lr": lr, **summary,
+                                "tolerance": claim.tolerance_reason})
     return records
 
 
@@ -157,6 +162,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         "training": classification,
         "training_summary": training.summarise(classification),
         "dln_training": [r for r in run_records if r["kind"] == "dln"],
+        "claims": effects.evaluate_claims(runs),
         "timings": timings,
         "recovered_runs": recovered_runs(out_dir),  # corrupt runs set aside and recomputed (empirics.runner)
     }

@@ -11,7 +11,7 @@ import math
 import statistics
 from pathlib import Path
 
-from verify import figures
+from verify import figures, paper_figures
 from verify.document import (
     Alert,
     Block,
@@ -43,7 +43,7 @@ from verify.document import (
 _THEORY_FIELDS = ("status", "general_m", "statement_latex", "derived_latex", "slack_latex", "assumptions",
                   "equality", "evidence", "concrete_m_checked", "numeric_crosscheck", "counterexample")
 _KNOWN_TOP_LEVEL = ("schema", "config", "environment", "theory", "checks", "training", "training_summary",
-                    "timings", "recovered_runs")
+                    "timings", "recovered_runs", "claims", "dln_training")
 
 
 def _theory_claims(results: dict) -> dict[tuple[str, str], dict]:
@@ -133,6 +133,11 @@ def _summary_paragraph(results: dict, verdicts: _Verdicts) -> list[Block]:
     bugs = [p for p in verdicts.pairs if verdicts.is_bug(p)]
     verdict = (f"{len(bugs)} claim(s) proved in theory are violated by the measurements; see the warnings below."
                if bugs else "No claim proved in theory is violated by the measurements.")
+    claims = results.get("claims") or []
+    if claims:
+        counts = [c.get("verdict", "?") for c in claims]
+        verdict += (f" Of the paper's {len(claims)} empirical claims evaluated, "
+                    + ", ".join(f"{counts.count(v)} {v}" for v in sorted(set(counts))) + ".")
     return [Heading(1, TITLE), Paragraph(parts(
         "This report checks the claims of Santurkar, Tsipras, Ilyas and Mądry (NeurIPS 2018, arXiv:1805.11604). "
         f"The run {derived}; compared {fmt_count(totals['n_checked'])} measured "
@@ -249,6 +254,10 @@ def _measured_section(results: dict, verdicts: _Verdicts, out_dir: Path) -> list
             f"{fmt_count(totals['n_violations'])} violations."))]
         if checks:
             blocks.append(_check_records_table(checks))
+            conditions = _conditions_table(checks)
+            if conditions is not None:
+                blocks += [Paragraph(parts("Conditions measured on the same rows (the statement's reading of "
+                                           "'smoother' or of its premise; not required for the check):")), conditions]
         if verdicts.is_bug(pair):
             blocks.append(verdicts.bug_alert(pair))
         elif status == "refuted" and checks:
@@ -383,6 +392,74 @@ def _environment_section(results: dict, out_dir: Path) -> list[Block]:
     return blocks
 
 
+def _claims_table(claims: list[dict]) -> Table:
+    return table(["claim", "paper", "verdict", "measured", "the paper reports"],
+                 [[Code(str(c.get("id"))), str(c.get("figure", "—")), Status(str(c.get("verdict", "—"))),
+                   str((c.get("measured") or {}).get("headline") or "—"), str(c.get("paper", "—"))] for c in claims])
+
+
+def _claims_section(results: dict) -> list[Block]:
+    claims = results.get("claims") or []
+    if not claims:
+        return []
+    blocks: list[Block] = [Heading(2, "Empirical claims of the paper"), Paragraph(parts(
+        "Each claim's verdict is computed from the runs by the criterion below, fixed in `verify/effects.py` before "
+        "any result was seen: reproduced when every part holds, not reproduced when none does, mixed otherwise, "
+        "not measured when the runs it needs are absent. Steps to the accuracy threshold of a run that never "
+        "reaches it count as the steps it ran; ratios are of means over seeds; the full measured values, per seed, "
+        "are in results.json under `claims`.")), _claims_table(claims)]
+    for claim in claims:
+        blocks.append(Paragraph(parts(Strong(f"{claim.get('id')}"), f" ({claim.get('figure')}): "
+                                      f"{claim.get('statement')} Criterion: {claim.get('criterion')}.")))
+    return blocks
+
+
+_PAPER_FIGURE_CAPTIONS = {
+    "landscape__": "Loss landscape along the gradient at every probe step (paper Fig. 4; Fig. 9 for the DLN): "
+                   "(a) the training loss at x − ηg over the step-size grid, as a band from its minimum to its "
+                   "maximum; (b) the gradient change ‖∇L(x − ηg) − g‖ over the same grid; (c) the effective "
+                   "β-smoothness, the largest gradient change per unit of distance moved. Bands also span the seeds.",
+    "predictiveness__": "Gradient predictiveness against the step size η, one line per probe step coloured by the "
+                        "training step (first seed of each normalisation): the flatter and lower, the more the "
+                        "gradient at x predicts the gradient a step away.",
+    "ics__": "Internal covariate shift (paper Fig. 3, Definition 2.1) at two layers: the ℓ2 distance and the "
+             "cosine between a layer's gradient before and after the earlier layers take their actual update, on "
+             "the same batch. BN not reducing ICS means ℓ2 not lower and cosine not higher than without BN.",
+    "noisy": "Noisy BatchNorm (paper Fig. 2): training accuracy of the standard network, BN, BN with the paper's "
+             "distributional noise after every BN layer, and the same noise without BN; below, the distribution of "
+             "the first and last normalised layer's outputs (noise included) at each probe step, for BN and noisy BN.",
+    "lp.png": "ℓp normalisations (paper Fig. 11): training accuracy of ℓ1 and ℓ∞ batch normalisation beside BN (ℓ2 "
+              "is BN exactly, by derivation) and the standard network.",
+    "lp_landscape": "ℓp normalisations (paper Fig. 12–13): the landscape probes of Fig. 4 for each normalisation.",
+    "dln_loss": "Deep linear network: training loss of full-batch gradient descent with and without BN.",
+}
+
+
+def _paper_figures_section(out_dir: Path, paths: list[Path]) -> list[Block]:
+    if not paths:
+        return []
+    blocks: list[Block] = [Heading(2, "The paper's figures, re-drawn from these runs")]
+    for path in paths:
+        caption = next((text for prefix, text in _PAPER_FIGURE_CAPTIONS.items() if path.name.startswith(prefix)), "")
+        blocks.append(FigureBlock(path.relative_to(out_dir).as_posix(), caption or path.stem))
+    return blocks
+
+
+def _conditions_table(checks: list[dict]) -> Table | None:
+    """How often each measured condition held, and the violations on rows where all held."""
+    records = [r for r in checks if r.get("conditions_held")]
+    if not records:
+        return None
+    names = list(records[0]["conditions_held"])
+    share = lambda count, total: f"{count:,} ({100 * count / total:.0f}%)" if total else "—"
+    return table(["layer", "lr", "rows checked", *names, "all hold", "violations where all hold"],
+                 [[fmt_value(r.get("layer")), fmt_value(r.get("lr")), fmt_count(r.get("n_checked")),
+                   *(share(r["conditions_held"].get(n, 0), r.get("n_checked") or 0) for n in names),
+                   share(r.get("n_all_conditions_held", 0), r.get("n_checked") or 0),
+                   fmt_count(r.get("n_violations_under_conditions"))] for r in records],
+                 [True] * (len(names) + 5))
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -390,8 +467,14 @@ def build_document(results: dict, out_dir: Path, figure_paths: list[Path]) -> li
     """The report as blocks; figures must already exist under DIR/figures."""
     verdicts = _Verdicts(results, out_dir)
     curves = [p for p in figure_paths if p == figures.training_curves_path(out_dir)]
-    return (_summary_paragraph(results, verdicts) + _summary_section(verdicts) + _theory_section(verdicts)
-            + _measured_section(results, verdicts, out_dir) + _training_section(results, out_dir, curves)
+    paper = [p for p in figure_paths if p.parent == figures.figures_dir(out_dir) and p.name.startswith(
+        tuple(_PAPER_FIGURE_CAPTIONS))]
+    claims = results.get("claims") or []
+    summary = _summary_section(verdicts) + ([Paragraph(parts(Strong("Empirical claims:"))), _claims_table(claims)]
+                                            if claims else [])
+    return (_summary_paragraph(results, verdicts) + summary + _theory_section(verdicts)
+            + _measured_section(results, verdicts, out_dir) + _claims_section(results)
+            + _training_section(results, out_dir, curves) + _paper_figures_section(out_dir, paper)
             + _environment_section(results, out_dir))
 
 
@@ -399,7 +482,8 @@ def write_report(out_dir: Path) -> dict[str, Path]:
     """Draw the figures of DIR, then write DIR/report.md and DIR/report.html from DIR/results.json."""
     out_dir = Path(out_dir)
     results = json.loads((out_dir / "results.json").read_text())
-    blocks = build_document(results, out_dir, figures.draw_all(out_dir))
+    drawn = figures.draw_all(out_dir) + paper_figures.draw_paper_figures(out_dir)
+    blocks = build_document(results, out_dir, drawn)
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html"}
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(render_html(blocks, out_dir), encoding="utf-8")
