@@ -77,3 +77,80 @@ def test_steps_to_threshold_uses_a_running_mean_not_one_lucky_batch():
 
 def test_steps_to_threshold_ignores_non_finite_points():
     assert training.steps_to_threshold(_history([None] * 4 + [0.9] * 5), threshold=0.8) == 80
+
+
+# --- thm4.2, obs4.3 and thm4.4 on real measurement tables -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def measured_run():
+    """One float32 step of a small BN net: captures, thm4.2 curvature of BN layer 0, thm4.4 weight terms."""
+    from empirics import curvature, weight_bounds
+    from empirics.probes import _rows, _weight_layers
+
+    generator = torch.Generator().manual_seed(1)
+    model = build_model(ModelConfig(channels=(8, 8, 16, 16), hidden=32), Norm.BATCHNORM, 1e-5, generator=generator)
+    x = torch.randn(32, 1, 40, generator=generator)
+    labels = torch.randint(0, 10, (32,), generator=generator)
+    loss_fn = torch.nn.functional.cross_entropy
+    capture = BoundCapture(model)
+    with capture.active():
+        loss_fn(model(x), labels).backward()
+    captures = capture.collect(step=0)
+    probes = {}
+    chunks = [_rows(0, 0, curvature.activation_curvature(model, 0, x, labels, loss_fn))]
+    probes.update({f"curvature/{k}": v for k, v in chunks[0].items()})
+    weights = [_rows(0, i, weight_bounds.weight_bound_terms(model, layer, x, labels, loss_fn))
+               for i, layer in enumerate(_weight_layers(model))]
+    probes.update({f"weights/{k}": np.concatenate([w[k] for w in weights]) for k in weights[0]})
+    return checks.measurement_tables({"captures": captures, "probes": probes})
+
+
+def _summary(claim, rows):
+    return checks.summarise(checks.check_rows(claim, rows, "float32"))
+
+
+def test_every_weight_row_finds_its_capture(measured_run):
+    weights, captures = measured_run["weights"], measured_run["captures"]
+    assert len(weights["step"]) == len(captures["step"])  # every conv feeds a BN: one row per BN channel
+    assert np.all(np.isfinite(weights["g_sq"]))
+    # the probe's dL/dy and the capture's are the same gradient, computed twice in float32
+    np.testing.assert_allclose(weights["dy_sq"], weights["lhs"], rtol=1e-5)
+
+
+def test_thm44_per_unit_holds_and_a_one_percent_excess_is_caught(measured_run):
+    claim = checks.weight_per_unit_claim()
+    rows = measured_run["weights"]
+    summary = _summary(claim, rows)
+    assert summary["n_checked"] == len(rows["step"]) and summary["n_violations"] == 0
+    inflated = {**rows, "grad_w_sq": claim.bound(rows) * 1.01}
+    assert _summary(claim, inflated)["n_violations"] == summary["n_checked"]
+
+
+def test_thm44_minimax_reading_is_tight_and_the_printed_form_is_computed(measured_run):
+    rows = measured_run["weights"]
+    consistent = _summary(checks.minimax_weight_claim("thm4.4"), rows)
+    assert consistent["n_violations"] == 0
+    assert abs(consistent["median_ratio"] - 1) < 1e-4  # lambda^2 ||v||^2 = lambda^2 RHS_4.1 up to eps
+    printed = _summary(checks.minimax_weight_claim("thm4.4-printed"), rows)
+    assert printed["n_checked"] == consistent["n_checked"]
+
+
+def test_obs43_matched_scale_gradient_is_never_larger(measured_run):
+    summary = _summary(checks.matched_scale_claim(), measured_run["captures"])
+    assert summary["n_violations"] == 0 and summary["worst_ratio"] <= 1 + 1e-4
+
+
+def test_thm42_first_form_is_an_identity_up_to_eps_and_rounding(measured_run):
+    rows = measured_run["curvature"]
+    summary = _summary(checks.smoothness_claim("thm4.2"), rows)
+    assert summary["n_checked"] == len(rows["step"]) > 0
+    assert summary["n_violations"] == 0
+    assert set(summary["conditions_held"]) == {c.name for c in checks.SMOOTHER_CONDITIONS}
+
+
+def test_thm42b_violations_occur_only_where_reading_r1_fails(measured_run):
+    """At eps ~ 0, LHS - RHS_b = (gamma^2/sigma^2)(v^T H v - g^T H g): R1 is the exact condition."""
+    evaluated = checks.check_rows(checks.smoothness_claim("thm4.2b"), measured_run["curvature"], "float32")
+    r1 = evaluated["condition:" + checks.READING_R1.name]
+    assert not np.any(evaluated["violated"] & r1)
