@@ -250,8 +250,35 @@ def training_curves(out_dir: Path) -> list[Path]:
 # ---------------------------------------------------------------- bound checks: LHS vs RHS
 
 
+def _draw_signed_scatter_panel(ax, rows: dict[str, np.ndarray], colour_norm: Normalize):
+    """Both sides can be negative (Hessian quadratic forms): symmetric-log axes, every finite row drawn."""
+    lhs, rhs, tol, step = rows["lhs"], rows["rhs"], rows["tol"], rows["step"]
+    finite = np.isfinite(lhs) & np.isfinite(rhs)
+    violation = finite & (lhs > rhs + tol)
+    x, y, c = rhs[finite], lhs[finite], step[finite]
+    magnitudes = np.abs(np.concatenate([x, y]))
+    magnitudes = magnitudes[magnitudes > 0]
+    linthresh = float(np.quantile(magnitudes, 0.05)) if magnitudes.size else 1.0
+    pick = _subsample(len(x))
+    points = ax.scatter(x[pick], y[pick], c=c[pick], cmap="viridis", norm=colour_norm, s=7, alpha=0.7, linewidths=0)
+    bad = np.flatnonzero(violation[finite])
+    if len(bad):
+        drawn = bad[_subsample(len(bad))]
+        ax.scatter(x[drawn], y[drawn], marker="x", color="#d62728", s=28, linewidths=1.2)
+    if len(x):
+        low, high = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+        ax.plot([low, high], [low, high], color="black", linewidth=1, linestyle="--")
+    ax.set_xscale("symlog", linthresh=linthresh)
+    ax.set_yscale("symlog", linthresh=linthresh)
+    _note(ax, f"rows: {len(lhs):,}; violations: {int(violation.sum()):,}\nsymmetric-log axes, linear within "
+              f"±{linthresh:.2g}", loc="upper left")
+    return points
+
+
 def _draw_scatter_panel(ax, rows: dict[str, np.ndarray], colour_norm: Normalize):
     lhs, rhs, tol, step = rows["lhs"], rows["rhs"], rows["tol"], rows["step"]
+    if np.any(lhs < 0):  # signed measured side: log axes would drop rows
+        return _draw_signed_scatter_panel(ax, rows, colour_norm)
     violation = lhs > rhs + tol
     nonpositive_rhs = rhs <= 0
     nonpositive_lhs = (lhs <= 0) & ~nonpositive_rhs

@@ -21,13 +21,30 @@ def _ratio(value) -> str:
     return f"1 {'+' if value >= 1 else '−'} {abs(value - 1):.2e}" if abs(value - 1) < 1e-3 else f"{value:.4g}"
 
 
-def results_block(results: dict, out_dir: str) -> str:
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def claims_lines(claims: list[dict]) -> list[str]:
+    """The empirical-claims table: id, paper figure, verdict, the measured headline, the paper's magnitude."""
+    if not claims:
+        return []
+    lines = ["", "Empirical claims of the paper (criteria in `verify/effects.py` and the report):", "",
+             "| claim | paper | verdict | measured | the paper reports |", "|---|---|---|---|---|"]
+    for claim in claims:
+        lines.append(f"| `{claim['id']}` | {claim['figure']} | **{claim['verdict']}** | "
+                     f"{_cell((claim.get('measured') or {}).get('headline') or '—')} | {_cell(claim['paper'])} |")
+    return lines
+
+
+def results_block(results: dict, out_dir: str, report_s: float | None = None) -> str:
+    timings = results["timings"]
+    drawing = f"; drawing the figures and writing the report took {report_s:.0f} s more" if report_s else ""
     lines = [START, "", f"Produced by `python -m verify all --preset {results['config'].get('preset', '?')} "
              f"--out {out_dir}` at revision `{results['environment']['git_revision']}` "
              f"({results['environment']['device']}, torch {results['environment']['torch']}); "
-             f"{results['timings'].get('total_s', float('nan')):.0f} s from start to results.json on this machine "
-             f"(derivations {results['timings'].get('theory_s', float('nan')):.1f} s, cached or not as found; "
-             "drawing the report adds ~15 s).", "",
+             f"{timings.get('total_s', float('nan')):.0f} s from start to results.json on this machine "
+             f"(derivations {timings.get('theory_s', float('nan')):.1f} s, cached or not as found{drawing}).", "",
              "| normaliser | claim | symbolic status | general m | evidence | checked rows | violations "
              "| worst LHS/RHS | median LHS/RHS |", "|---|---|---|---|---|---:|---:|---:|---:|"]
     for normaliser, claims in results["theory"].items():
@@ -54,16 +71,19 @@ def results_block(results: dict, out_dir: str) -> str:
         lines.append(f"| {row['lr']:g} | {row['norm']} | {row['n_seeds']} | {steps} ({row['n_reached']}/"
                      f"{row['n_seeds']} reached) | {row['final_train_acc_mean']:.3f} ± {row['final_train_acc_std']:.3f} "
                      f"| {row['final_test_acc_mean']:.3f} ± {row['final_test_acc_std']:.3f} | {row['n_diverged']} |")
+    lines += claims_lines(results.get("claims") or [])
     lines += ["", END]
     return "\n".join(lines)
 
 
 def update_readme(out_dir: Path, readme: Path) -> None:
     results = json.loads((out_dir / "results.json").read_text())
+    timings_file = out_dir / "timings.json"  # report_s is recorded after results.json is written
+    report_s = json.loads(timings_file.read_text()).get("report_s") if timings_file.exists() else None
     text = readme.read_text()
     if START not in text or END not in text:
         raise FileNotFoundError(f"{readme} has no {START} ... {END} block; add the two markers where results go")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
-    new_text = head + results_block(results, str(out_dir)) + tail
+    new_text = head + results_block(results, str(out_dir), report_s) + tail
     write_atomic(readme, lambda file: file.write(new_text.encode()))
