@@ -2,7 +2,7 @@
 
 A researcher writes the forward formula below to a file anywhere, registers it with
 `theory.normalisers.load_normaliser_file(path)`, and from then on it is a normaliser like the
-shipped ones: `establish_all` derives its Jacobian and thm4.1 analogue with statuses, `theory.numeric`
+shipped ones: `establish_all` derives its Jacobian, thm4.1 analogue and the thm4.4 analogue its axis calls for, with statuses, `theory.numeric`
 gives its numeric callables, `empirics.norm_layers.FormulaNorm` its torch module, and
 `verify.pipeline.stage_theory` its section of the theory report. The files are written here to
 tmp_path exactly as a user would write them.
@@ -110,7 +110,21 @@ def test_loaded_normaliser_is_registered_and_gets_statuses(centering):
     assert thm41.equality.startswith("identity")  # ||J^T g||^2 = gamma^2 (||g||^2 - <1,g>^2/m), no slack
     derivation = derive(centering)
     assert sp.simplify(derivation.in_sigma(derivation.grad_sq_norm) - gamma**2 * (G2 - G1**2 / m)) == 0
+    # its groups run over the batch ("batch: ..."), so it gets thm4.4's per-unit bound and minimax form too
+    assert results["thm4.4-per-unit"].status is Status.PROVED, results["thm4.4-per-unit"].evidence
+    assert results["thm4.4"].status is Status.CONDITIONAL, results["thm4.4"].evidence
     json.dumps({claim: result.as_dict() for claim, result in results.items()})  # what the report reads
+
+
+def test_a_per_sample_user_normaliser_gets_the_whole_matrix_thm44_analogue(tmp_path, scratch_registry):
+    """The same formula with axis "features: ..." (statistics over one sample's units): the weight analogue
+    follows the axis, not the name -- thm4.4-per-layer, no per-unit bound."""
+    source = CENTERING_FILE.replace('name="centering"', 'name="centering_features"').replace(
+        'axis="batch: one unit over the m samples"', 'axis="features: one sample over its m units"')
+    (normaliser,) = load_normaliser_file(_write(tmp_path, "centering_features.py", source))
+    results = establish_all(normaliser)
+    assert results["thm4.4-per-layer"].status is Status.PROVED, results["thm4.4-per-layer"].evidence
+    assert results["thm4.4"].status is Status.CONDITIONAL and "thm4.4-per-unit" not in results
 
 
 @given(case=batches_with_eps(), gamma_value=gammas())
@@ -159,6 +173,7 @@ def test_loaded_normaliser_gets_a_theory_report_section(centering, tmp_path):
 
     theory = stage_theory(tmp_path, ("centering",))
     assert theory["centering"]["thm4.1"]["status"] == "proved"
+    assert theory["centering"]["thm4.4-per-unit"]["status"] == "proved"
     assert json.loads((tmp_path / "theory.json").read_text())["centering"]["thm4.1"]["general_m"] is True
     assert "centering" in (tmp_path / "theory.md").read_text(encoding="utf-8")
 
