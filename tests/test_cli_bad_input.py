@@ -225,3 +225,15 @@ CENTERING_OK = Normaliser(name="centering_wellformed_test", title="t", axis="bat
 ''')
     (normaliser,) = normalisers.load_normaliser_file(path)
     check_well_formed(normaliser)
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, monkeypatch, capsys):
+    from verify import cli
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.pipeline, "stage_theory", interrupted)
+    assert main(["theory", "--out", str(tmp_path)]) == 130
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "interrupted" in line and "run the same command again to resume" in line

@@ -184,4 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"verify: error: {error}; run `python -m verify empirics` with the same options: it sets the run "
               "aside and recomputes it", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: every finished file is whole (written atomically); say how to go on
+        print("verify: interrupted; run the same command again to resume (finished runs are kept, an unfinished "
+              "one continues from its last checkpoint)", file=sys.stderr)
+        return 130  # 128 + SIGINT, the shell's convention
     return 0
