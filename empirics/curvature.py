@@ -82,9 +82,39 @@ def _substituted(module: nn.Module, *, input_value=None, output_value=None) -> I
             handle.remove()
 
 
-def _hvp(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def hessian_vector_product(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
+                           u: torch.Tensor) -> torch.Tensor:
     """(d^2 f / dat^2) u, reverse over reverse: grad_at <grad f(at), u>."""
     return grad(lambda point: torch.sum(grad(f)(point) * u))(at)
+
+
+def _substituted_loss(model: nn.Module, bn: nn.Module, params: Params, x: torch.Tensor, target: torch.Tensor,
+                      loss_fn: LossFn, side: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """a -> the training loss at `params` with `bn`'s input (side "input") or output ("output") replaced by a."""
+    def loss_of(value: torch.Tensor) -> torch.Tensor:
+        with _substituted(bn, **{f"{side}_value": value}) as calls:
+            loss = training_loss(model, params, x, target, loss_fn)
+        _check_once(calls, bn)
+        return loss
+
+    return loss_of
+
+
+def output_loss(model: nn.Module, layer: int | nn.Module, params: Params, x: torch.Tensor, target: torch.Tensor,
+                loss_fn: LossFn) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """(z -> L(z), z0): the loss as a function of one BN layer's output, and that output at `params`.
+
+    Call inside `landscape.training_function(model)`; `layer` as in `activation_curvature`.
+    """
+    bn = _norm_layer(model, layer)
+    captured: list[torch.Tensor] = []
+    handle = bn.register_forward_hook(lambda _module, _args, output: captured.append(output.detach()))
+    try:
+        with torch.no_grad():
+            training_loss(model, params, x, target, loss_fn)
+    finally:
+        handle.remove()
+    return _substituted_loss(model, bn, params, x, target, loss_fn, "output"), captured[0]
 
 
 def _jacobian_vector_product(fn: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
@@ -110,7 +140,7 @@ def _per_channel_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: 
     stacked = _masked_directions(directions)
 
     def hvp(u: torch.Tensor) -> torch.Tensor:
-        return _hvp(f, at, u)
+        return hessian_vector_product(f, at, u)
 
     if vectorize:
         products = vmap(hvp, chunk_size=chunk_size)(stacked)
@@ -154,22 +184,13 @@ def activation_curvature(model: nn.Module, layer: int | nn.Module, x: torch.Tens
         def bn_map(y: torch.Tensor) -> torch.Tensor:
             return functional_call(bn, bn_params, (y,))
 
-        def loss_of_input(y: torch.Tensor) -> torch.Tensor:
-            with _substituted(bn, input_value=y) as calls:
-                value = training_loss(model, params, x, target, loss_fn)
-            _check_once(calls, bn)
-            return value
-
-        def loss_of_output(z: torch.Tensor) -> torch.Tensor:
-            with _substituted(bn, output_value=z) as calls:
-                value = training_loss(model, params, x, target, loss_fn)
-            _check_once(calls, bn)
-            return value
+        loss_of_input = _substituted_loss(model, bn, params, x, target, loss_fn, "input")
+        loss_of_output = _substituted_loss(model, bn, params, x, target, loss_fn, "output")
 
         jv = _jacobian_vector_product(bn_map, y0, v)  # J v, exact (BN's Jacobian is block diagonal by channel)
         out_forms = _per_channel_quadratic_forms(loss_of_output, z0, [v, g, jv], vectorize, chunk_size)
         (in_forms,) = _per_channel_quadratic_forms(loss_of_input, y0, [v], vectorize, chunk_size)
-        second = _hvp(lambda y: torch.sum(g * bn_map(y)), y0, v)  # Hess_y <g, BN(y)> v, block diagonal
+        second = hessian_vector_product(lambda y: torch.sum(g * bn_map(y)), y0, v)  # Hess_y <g, BN(y)> v, block diagonal
         second_order = (v.double() * second.double()).transpose(0, 1).reshape(v.shape[1], -1).sum(1)
         gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
         reductions = channel_reductions(y0, g, v, gamma, float(bn.eps))

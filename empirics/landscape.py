@@ -95,6 +95,16 @@ def squared_norm(tensors: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> f
     return float(sum(torch.sum(t.detach().double() ** 2).item() for t in values))
 
 
+# Whether landscape_probe evaluates its points in one vmap, per device type, chosen by `python -m verify
+# bench` (probe_point_unbatched vs probe_point_batched, VGG-1d default, batch 128, one thread).
+BATCHED_BY_DEVICE = {"cpu": False, "cuda": False}
+
+
+def batched_by_default(device: torch.device) -> bool:
+    """The faster probe path on `device`'s type as measured by the bench (BATCHED_BY_DEVICE); unbatched if unmeasured."""
+    return BATCHED_BY_DEVICE.get(torch.device(device).type, False)
+
+
 def _displaced(params: Params, direction: Params, eta: float) -> Params:
     return {name: p - eta * direction[name] for name, p in params.items()}
 
