@@ -110,14 +110,25 @@ def _displaced(params: Params, direction: Params, eta: float) -> Params:
 
 
 def _probe_points_unbatched(model, loss_fn, x, target, params, g, etas):
-    """(losses (K,), grad changes (K,)) one eta at a time: one forward+backward per point."""
-    value_and_grad = grad_and_value(lambda p: training_loss(model, p, x, target, loss_fn))
+    """(losses (K,), grad changes (K,)) one eta at a time: one forward+backward per point.
+
+    All parameters live in one flat leaf vector per point (the model sees views of it), so the point
+    costs a handful of whole-vector ops besides its forward+backward instead of a few per parameter,
+    and the K results leave the device together at the end: no host-device synchronisation per point.
+    """
+    names = list(params)
+    flat_params = torch.cat([params[name].reshape(-1) for name in names])
+    flat_g = torch.cat([g[name].reshape(-1) for name in names])
+    sizes = [params[name].numel() for name in names]
     losses, changes = [], []
     for eta in etas:
-        grads, loss = value_and_grad(_displaced(params, g, float(eta)))
-        losses.append(float(loss))
-        changes.append(squared_norm([grads[n] - g[n] for n in g]) ** 0.5)
-    return np.array(losses), np.array(changes)
+        flat = (flat_params - float(eta) * flat_g).requires_grad_(True)
+        displaced = {name: piece.view(params[name].shape) for name, piece in zip(names, flat.split(sizes))}
+        loss = training_loss(model, displaced, x, target, loss_fn)
+        (grad_flat,) = torch.autograd.grad(loss, flat)  # 0 where a parameter is unused
+        losses.append(loss.detach())
+        changes.append(torch.sum((grad_flat - flat_g).double() ** 2))
+    return torch.stack(losses).double().cpu().numpy(), torch.stack(changes).sqrt().cpu().numpy()
 
 
 def _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size):
