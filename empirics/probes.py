@@ -67,8 +67,9 @@ class ProbeRecorder:
                 rows = curvature.activation_curvature(model, layers[index], x, target, self.loss_fn)
                 self.tables["curvature"].append(_rows(step, index, rows))
         if _due(p.weight_bounds_every, step):
-            for index, layer in enumerate(_weight_layers(model)):
-                terms = weight_bounds.weight_bound_terms(model, layer, x, target, self.loss_fn)
+            layers = _weight_layers(model)
+            for index, terms in enumerate(weight_bounds.weight_bound_terms_of_layers(model, layers, x, target,
+                                                                                     self.loss_fn) if layers else ()):
                 self.tables["weights"].append(_rows(step, index, terms))
         if _due(p.histogram_every, step):
             modules = norm_slots(model)  # the normaliser's output (noise included), or the conv at its place

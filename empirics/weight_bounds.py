@@ -64,40 +64,59 @@ def spectral_norm_sq(matrix: torch.Tensor) -> float:
     return float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0))
 
 
+def weight_bound_terms_of_layers(model: nn.Module, layers: list[nn.Module], x: torch.Tensor,
+                                 target: torch.Tensor, loss_fn: LossFn) -> list[dict]:
+    """The thm4.4 terms above for each of `layers` (Conv1d, Conv2d or Linear, each run once per forward),
+    all from ONE forward+backward: every layer's X and dL/dy are captured on the same pass."""
+    with training_function(model):
+        params = parameter_dict(model)
+        names = {id(p): name for name, p in model.named_parameters()}
+        weight_names = [names.get(id(layer.weight)) for layer in layers]
+        for layer, name in zip(layers, weight_names):
+            if name is None:
+                raise ValueError(f"{layer!r} is not a layer of the model (its weight is not among "
+                                 "model.named_parameters())")
+        weights = {name: params[name].clone().requires_grad_(True) for name in weight_names}
+        captured: list[dict[str, list[torch.Tensor]]] = [{"inputs": [], "outputs": []} for _ in layers]
+
+        def keeper(store: dict):
+            def keep(_module, args, output):
+                store["inputs"].append(args[0].detach())
+                store["outputs"].append(output)
+            return keep
+
+        handles = [layer.register_forward_hook(keeper(store)) for layer, store in zip(layers, captured)]
+        try:
+            loss = training_loss(model, {**params, **weights}, x, target, loss_fn)
+        finally:
+            for handle in handles:
+                handle.remove()
+        for layer, store in zip(layers, captured):
+            if len(store["outputs"]) != 1:
+                raise RuntimeError(f"{layer!r} ran {len(store['outputs'])} times in one forward; it must run once")
+        gradients = torch.autograd.grad(loss, [weights[name] for name in weight_names]
+                                        + [store["outputs"][0] for store in captured])
+        results = []
+        for index, (layer, store) in enumerate(zip(layers, captured)):
+            grad_w, grad_y = gradients[index], gradients[len(layers) + index]
+            matrix = unfolded_input(layer, store["inputs"][0]).double()  # (rows, fan_in)
+            channels = grad_w.shape[0]
+            grad_w = grad_w.detach().double().reshape(channels, -1)  # (C_out, fan_in)
+            # (N, C_out, *spatial) -> (C_out, N * prod(spatial)), sample-major like the rows of X; (N, C_out) -> (C_out, N)
+            dy = grad_y.detach().double().transpose(0, 1).reshape(channels, -1)
+            identity_err = torch.linalg.vector_norm(grad_w - dy @ matrix, dim=1)
+            results.append({
+                "grad_w_sq": (grad_w**2).sum(1).cpu().numpy(),
+                "dy_sq": (dy**2).sum(1).cpu().numpy(),
+                "identity_err": identity_err.cpu().numpy(),
+                "x_spec_sq": spectral_norm_sq(matrix),
+                "rows": int(matrix.shape[0]),
+            })
+    return results
+
+
 def weight_bound_terms(model: nn.Module, layer: nn.Module, x: torch.Tensor, target: torch.Tensor,
                        loss_fn: LossFn) -> dict:
     """Per output channel of `layer` (a Conv1d, Conv2d or Linear run once per forward): the thm4.4 terms above."""
-    with training_function(model):
-        params = parameter_dict(model)
-        weight_name = next((name for name, p in model.named_parameters() if p is layer.weight), None)
-        if weight_name is None:
-            raise ValueError(f"{layer!r} is not a layer of the model (its weight is not among model.named_parameters())")
-        weight = params[weight_name].clone().requires_grad_(True)
-        captured: dict[str, list[torch.Tensor]] = {"inputs": [], "outputs": []}
-
-        def keep(_module, args, output):
-            captured["inputs"].append(args[0].detach())
-            captured["outputs"].append(output)
-
-        handle = layer.register_forward_hook(keep)
-        try:
-            loss = training_loss(model, {**params, weight_name: weight}, x, target, loss_fn)
-        finally:
-            handle.remove()
-        if len(captured["outputs"]) != 1:
-            raise RuntimeError(f"{layer!r} ran {len(captured['outputs'])} times in one forward; it must run once")
-        grad_w, grad_y = torch.autograd.grad(loss, [weight, captured["outputs"][0]])
-        matrix = unfolded_input(layer, captured["inputs"][0]).double()  # (rows, fan_in)
-        channels = grad_w.shape[0]
-        grad_w = grad_w.detach().double().reshape(channels, -1)  # (C_out, fan_in)
-        # (N, C_out, *spatial) -> (C_out, N * prod(spatial)), sample-major like the rows of X; (N, C_out) -> (C_out, N)
-        dy = grad_y.detach().double().transpose(0, 1).reshape(channels, -1)
-        identity_err = torch.linalg.vector_norm(grad_w - dy @ matrix, dim=1)
-        result = {
-            "grad_w_sq": (grad_w**2).sum(1).cpu().numpy(),
-            "dy_sq": (dy**2).sum(1).cpu().numpy(),
-            "identity_err": identity_err.cpu().numpy(),
-            "x_spec_sq": spectral_norm_sq(matrix),
-            "rows": int(matrix.shape[0]),
-        }
+    (result,) = weight_bound_terms_of_layers(model, [layer], x, target, loss_fn)
     return result

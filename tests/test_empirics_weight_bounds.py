@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirics.weight_bounds import spectral_norm_sq, unfolded_input, weight_bound_terms
+from empirics.weight_bounds import spectral_norm_sq, unfolded_input, weight_bound_terms, weight_bound_terms_of_layers
 from tests.test_empirics_measurements import tiny_batch, tiny_net
 
 
@@ -102,3 +102,14 @@ def test_unsupported_layers_are_rejected_with_the_rule():
     model = tiny_net()
     with pytest.raises(ValueError, match="not a layer of the model"):
         weight_bound_terms(model, nn.Linear(2, 2), *tiny_batch(), F.cross_entropy)
+
+
+def test_all_layers_from_one_pass_equal_one_layer_at_a_time():
+    model = tiny_net("batchnorm")
+    x, labels = tiny_batch()
+    layers = [model[0], model[3], model[8]]
+    together = weight_bound_terms_of_layers(model, layers, x, labels, F.cross_entropy)
+    for layer, terms in zip(layers, together):
+        alone = weight_bound_terms(model, layer, x, labels, F.cross_entropy)
+        for key in alone:
+            np.testing.assert_allclose(terms[key], alone[key], rtol=RTOL, err_msg=key)
