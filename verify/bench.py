@@ -382,22 +382,29 @@ def run_bench(size: str, device: torch.device, out_dir: Path | None, repeats: in
     """Measure every figure (module doc) at `size` on `device`; write out_dir/bench.json if given."""
     if size not in SIZES:
         raise ValueError(f"size={size!r} is not one of {SIZES}; pick one of those")
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
-    load_before = _load()
-    s = _setup(size, device)
-    timed = _timer(device)
-    figures: dict[str, dict] = {}
-    for measure in (_capture_figures, _landscape_figures, _ics_figure, _hvp_figures):
-        figures.update(measure(s, timed, repeats, warmup))
-    figures["probed_step"] = _probed_step_figure(s, timed, max(3, repeats // 3), 1)
+    try:
+        load_before = _load()
+        s = _setup(size, device)
+        timed = _timer(device)
+        figures: dict[str, dict] = {}
+        for measure in (_capture_figures, _landscape_figures, _ics_figure, _hvp_figures):
+            figures.update(measure(s, timed, repeats, warmup))
+        figures["probed_step"] = _probed_step_figure(s, timed, max(3, repeats // 3), 1)
+        machine = _machine(device)
+        sync = sync_check(s)
+    finally:
+        torch.set_num_threads(previous_threads)
     if with_theory:
         figures.update(_theory_figures(repeats))
     if with_verify_all:
         figures["verify_all_s"] = _verify_all_figure(size, device)
     _judge(figures)
-    result = {"schema": SCHEMA, "size": size, "machine": _machine(device), "repeats": repeats, "warmup": warmup,
+    result = {"schema": SCHEMA, "size": size, "machine": machine, "repeats": repeats, "warmup": warmup,
+              "clock": "CUDA events" if device.type == "cuda" else "process CPU time",
               "load_average": {"before": load_before, "after": _load()}, "figures": figures,
-              "sync_in_plain_step": sync_check(s)}
+              "sync_in_plain_step": sync}
     report(format_table(result))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -426,7 +433,7 @@ def table_rows(result: dict) -> list[list[str]]:
     for name, figure in result["figures"].items():
         low, high = figure["iqr"]
         spread = f"{low:.3g}–{high:.3g}" if figure["repeats"] > 1 else "one run"
-        met = "—" if "passed" not in figure else ("yes" if figure["passed"] else "**no**")
+        met = "—" if "passed" not in figure else ("yes" if figure["passed"] else "no")
         rows.append([name, _format_value(figure), spread, _format_target(figure), met])
     return rows
 

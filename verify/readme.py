@@ -1,8 +1,10 @@
-"""Rewrite the generated block of README.md from a results.json, so its figures come from a command.
+"""Rewrite the generated blocks of README.md from DIR's outputs, so their figures come from a command.
 
     python -m verify readme --out reports/default
 
-replaces everything between the `<!-- results:start -->` and `<!-- results:end -->` markers.
+replaces everything between the `<!-- results:start -->` and `<!-- results:end -->` markers from
+DIR/results.json, and between `<!-- bench:start -->` and `<!-- bench:end -->` from DIR/bench.json
+(`python -m verify bench`) when that file exists.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import json
 from pathlib import Path
 
 from empirics.storage import write_atomic
+from verify.bench import describe, table_rows
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def _ratio(value) -> str:
@@ -76,14 +80,36 @@ def results_block(results: dict, out_dir: str, report_s: float | None = None) ->
     return "\n".join(lines)
 
 
+def bench_block(bench: dict, out_dir: str) -> str:
+    """The README's performance table from a bench.json (`verify.bench`)."""
+    device = bench["machine"]["device"]
+    lines = [BENCH_START, "", f"Produced by `python -m verify bench --size {bench['size']} --device {device} "
+             f"--out {out_dir}`: {describe(bench)}. Ratios are to the pass each figure fundamentally needs "
+             "(see `verify/bench.py`); IQR is over the repetitions.", "",
+             "| figure | value | IQR | target | met |", "|---|---:|---:|---:|---|"]
+    lines += [f"| `{name}` | {value} | {spread} | {target} | {'**no**' if met == 'no' else met} |"
+              for name, value, spread, target, met in table_rows(bench)]
+    sync = bench["sync_in_plain_step"]
+    if sync["checked"]:
+        lines += ["", f"Host-device synchronisations inside a plain training step: {sync['synchronisations']}."]
+    lines += ["", BENCH_END]
+    return "\n".join(lines)
+
+
+def _replace_block(text: str, start: str, end: str, block: str, readme: Path) -> str:
+    if start not in text or end not in text:
+        raise FileNotFoundError(f"{readme} has no {start} ... {end} block; add the two markers where it goes")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    return head + block + tail
+
+
 def update_readme(out_dir: Path, readme: Path) -> None:
+    """Regenerate the results block from DIR/results.json and, if DIR/bench.json exists, the bench block."""
     results = json.loads((out_dir / "results.json").read_text())
-    timings_file = out_dir / "timings.json"  # report_s is recorded after results.json is written
-    report_s = json.loads(timings_file.read_text()).get("report_s") if timings_file.exists() else None
-    text = readme.read_text()
-    if START not in text or END not in text:
-        raise FileNotFoundError(f"{readme} has no {START} ... {END} block; add the two markers where results go")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    new_text = head + results_block(results, str(out_dir), report_s) + tail
-    write_atomic(readme, lambda file: file.write(new_text.encode()))
+    text = _replace_block(readme.read_text(), START, END, results_block(results, str(out_dir)), readme)
+    bench_path = out_dir / "bench.json"
+    if bench_path.exists():
+        bench = json.loads(bench_path.read_text())
+        text = _replace_block(text, BENCH_START, BENCH_END, bench_block(bench, str(out_dir)), readme)
+    write_atomic(readme, lambda file: file.write(text.encode()))

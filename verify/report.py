@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from verify import figures, paper_figures
+from verify.bench import describe as describe_bench, table_rows as bench_table_rows
 from verify.document import (
     Alert,
     Block,
@@ -460,6 +461,25 @@ def _conditions_table(checks: list[dict]) -> Table | None:
                  [True] * (len(names) + 5))
 
 
+def _performance_section(out_dir: Path) -> list[Block]:
+    """The instrument's cost, from DIR/bench.json (`python -m verify bench --out DIR`) when it exists."""
+    path = out_dir / "bench.json"
+    if not path.exists():
+        return []
+    bench = json.loads(path.read_text())
+    rows = [[Code(name), value, spread, target, Strong(met) if met == "no" else met]
+            for name, value, spread, target, met in bench_table_rows(bench)]
+    sync = bench.get("sync_in_plain_step") or {}
+    return [Heading(2, "Performance"), Paragraph(parts(
+        f"Measured by `python -m verify bench`: {describe_bench(bench)}. Each ratio is to the pass the "
+        "measurement fundamentally needs (a plain training step, or one forward+backward on the same batch), "
+        "timed alternately with it in the same process; the spread is the interquartile range over the "
+        "repetitions. Targets are issue 7's.")),
+        table(["figure", "value", "IQR", "target", "met"], rows, [False, True, True, True, False]),
+        Paragraph(parts("Host-device synchronisations inside a plain training step: "
+                        + (str(sync["synchronisations"]) if sync.get("checked") else sync.get("reason", "—")) + "."))]
+
+
 # ---------------------------------------------------------------- entry point
 
 
@@ -475,7 +495,7 @@ def build_document(results: dict, out_dir: Path, figure_paths: list[Path]) -> li
     return (_summary_paragraph(results, verdicts) + summary + _theory_section(verdicts)
             + _measured_section(results, verdicts, out_dir) + _claims_section(results)
             + _training_section(results, out_dir, curves) + _paper_figures_section(out_dir, paper)
-            + _environment_section(results, out_dir))
+            + _performance_section(out_dir) + _environment_section(results, out_dir))
 
 
 def write_report(out_dir: Path) -> dict[str, Path]:

@@ -1,0 +1,93 @@
+"""`python -m verify bench` at the smoke size: bench.json's structure, finite positive figures, and the
+report section and README block drawn from it. Timings are never asserted: they depend on the machine."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from verify.bench import SIZES, TARGETS
+from verify.cli import main
+from verify.readme import BENCH_END, BENCH_START, bench_block, update_readme
+from verify.report import _performance_section
+
+PROBE_FIGURES = ("train_step", "capture_overhead", "capture_disabled", "probe_point_unbatched",
+                 "probe_point_batched", "ics_layer", "hvp", "hvp_amortised", "probed_step")
+THEORY_FIGURES = ("theory_cold_s", "theory_cached_s")
+
+
+RESULTS = {"config": {"preset": "smoke", "train": {"batch_size": 32, "steps": 30}},
+           "environment": {"git_revision": "abc", "device": "cpu", "torch": "x"}, "timings": {}, "theory": {},
+           "checks": [], "training_summary": {"threshold": 0.8, "metric": "training accuracy", "rows": []}}
+
+
+def _bench(out_dir, *extra: str) -> dict:
+    assert main(["bench", "--size", "smoke", "--device", "cpu", "--repeats", "3", "--out", str(out_dir),
+                 *extra]) == 0
+    return json.loads((out_dir / "bench.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def smoke_bench(tmp_path_factory):
+    """(folder holding bench.json and a minimal results.json, the bench) of one smoke run, no derivations."""
+    out_dir = tmp_path_factory.mktemp("bench")
+    bench = _bench(out_dir, "--no-theory")
+    (out_dir / "results.json").write_text(json.dumps(RESULTS))
+    return out_dir, bench
+
+
+def _assert_figures_are_finite_and_positive(bench: dict, names: tuple[str, ...]) -> None:
+    for name in names:
+        figure = bench["figures"][name]
+        low, high = figure["iqr"]
+        assert figure["unit"] in ("ratio", "s"), name
+        assert all(math.isfinite(v) and v > 0 for v in (figure["value"], low, high)), (name, figure)
+        assert low <= figure["value"] <= high, (name, figure)
+        if name in TARGETS:
+            assert figure["target"] == TARGETS[name] and isinstance(figure["passed"], bool), (name, figure)
+
+
+def test_smoke_bench_writes_every_probe_figure_with_its_machine(smoke_bench):
+    _, bench = smoke_bench
+    assert bench["size"] == "smoke" and "smoke" in SIZES
+    assert set(bench["figures"]) == set(PROBE_FIGURES)
+    _assert_figures_are_finite_and_positive(bench, PROBE_FIGURES)
+    for key in ("platform", "python", "torch", "device", "device_name", "threads", "cpu_count"):
+        assert key in bench["machine"], key
+    assert bench["machine"]["threads"] == 1 and bench["clock"] == "process CPU time"
+    assert bench["sync_in_plain_step"]["checked"] is False  # CPU: nothing to synchronise with
+    probed = bench["figures"]["probed_step"]
+    assert probed["floor"] > 1 and probed["target"] == pytest.approx(1.2 * probed["floor"])
+    assert "0 module hooks left" in bench["figures"]["capture_disabled"]["note"]
+
+
+def test_report_section_and_readme_block_render_the_bench(smoke_bench, tmp_path):
+    out_dir, bench = smoke_bench
+    section = _performance_section(out_dir)
+    assert section and "Performance" in str(section[0])
+    block = bench_block(bench, str(out_dir))
+    assert block.startswith(BENCH_START) and block.endswith(BENCH_END)
+    assert all(f"`{name}`" in block for name in PROBE_FIGURES)
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- results:start -->\nold\n<!-- results:end -->\n"
+                      f"middle\n{BENCH_START}\nold bench\n{BENCH_END}\nafter\n")
+    update_readme(out_dir, readme)
+    text = readme.read_text()
+    assert "old bench" not in text and "`hvp`" in text and text.endswith("after\n") and "middle" in text
+
+
+def test_readme_without_bench_markers_says_where_to_put_them(smoke_bench, tmp_path):
+    out_dir, _ = smoke_bench
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    with pytest.raises(FileNotFoundError, match="bench:start"):
+        update_readme(out_dir, readme)
+
+
+@pytest.mark.slow
+def test_smoke_bench_times_cold_and_cached_derivations(tmp_path):
+    bench = _bench(tmp_path)
+    _assert_figures_are_finite_and_positive(bench, PROBE_FIGURES + THEORY_FIGURES)
+    assert "subprocess" in bench["figures"]["theory_cold_s"]["note"]
