@@ -2,8 +2,8 @@
 
 A researcher writes the forward formula below to a file anywhere, registers it with
 `theory.normalisers.load_normaliser_file(path)`, and from then on it is a normaliser like the
-shipped ones: `establish_all` derives its Jacobian, thm4.1 analogue and the thm4.4 analogue its axis calls for, with statuses, `theory.numeric`
-gives its numeric callables, `empirics.norm_layers.FormulaNorm` its torch module, and
+shipped ones: `establish_all` derives its Jacobian, its thm4.1 analogue and the thm4.4 analogue its
+axis calls for, with statuses, `theory.numeric` gives its numeric callables, `empirics.norm_layers.FormulaNorm` its torch module, and
 `verify.pipeline.stage_theory` its section of the theory report. The files are written here to
 tmp_path exactly as a user would write them.
 """

@@ -87,6 +87,10 @@ def _establish_one(claim_id: str, rhs: sp.Expr, derivation: Derivation, concrete
                        **common)
 
 
+# Results depend on the forward formula alone, not on the axis: shared by normalisers of one formula (`statements`).
+RESULT_KEY = Normaliser.statement_key
+
+
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
     """thm4.1 (derived analogue) for every normaliser; thm4.1-printed for those of the paper's form."""
     bounds = bound_expressions(derivation)

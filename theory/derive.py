@@ -52,7 +52,19 @@ def derive(normaliser: Normaliser) -> Derivation:
     Cached on disk (`theory.cache`). Raises `batch_algebra.NoClosedForm` when a statistic is not
     polynomial in the batch (l1, l-inf): callers then derive for concrete m only.
     """
-    return Derivation(normaliser, *cached("derivation", normaliser, lambda: _derive_expressions(normaliser)))
+    return Derivation(normaliser, *cached("derivation", normaliser, lambda: _expressions_of_formula(normaliser)))
+
+
+_EXPRESSIONS: dict = {}
+
+
+def _expressions_of_formula(normaliser: Normaliser) -> tuple:
+    """_derive_expressions, memoised per process by `Normaliser.formula_key`: LayerNorm, GroupNorm and l2
+    have BatchNorm's formula (the same statistics' symbols), hence the very same derived expressions."""
+    key = normaliser.formula_key()
+    if key not in _EXPRESSIONS:
+        _EXPRESSIONS[key] = _derive_expressions(normaliser)
+    return _EXPRESSIONS[key]
 
 
 def _derive_expressions(normaliser: Normaliser) -> tuple:

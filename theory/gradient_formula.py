@@ -13,13 +13,17 @@ import sympy as sp
 from theory.batch_algebra import g, k, l, m, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, G1, ClaimResult, Status, to_latex
 from theory.derive import Derivation
-from theory.normaliser import g_hat, gamma
+from theory.normaliser import Normaliser, g_hat, gamma
 
 STATEMENT_LATEX = (
     r"\frac{\partial\hat{\mathcal{L}}}{\partial y_j} = \frac{\gamma}{m\sigma_j}\left(m g - \mathbf{1}\langle"
     r"\mathbf{1},g\rangle - \hat{y}_j\langle g,\hat{y}_j\rangle\right),\quad \frac{\partial z_j}{\partial y_j} = "
     r"\frac{\gamma}{\sigma_j}\left(I - \frac{\mathbf{1}\mathbf{1}^\top}{m} - \frac{\hat{y}_j\hat{y}_j^\top}{m}\right)"
 )
+
+
+# Results depend on the forward formula alone, not on the axis: shared by normalisers of one formula (`statements`).
+RESULT_KEY = Normaliser.statement_key
 
 
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:

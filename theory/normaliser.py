@@ -57,6 +57,11 @@ class Normaliser:
         sigma_map = tuple(sorted(self.scale_of_sigma.items(), key=lambda item: str(item[0])))
         return statistics, sp.expand(self.hat(sample)), self.scale, sigma_map
 
+    def statement_key(self) -> tuple:
+        """formula_key() and paper_form: all that a statement about the forward formula alone depends on,
+        so such statements are established once for BatchNorm, LayerNorm, GroupNorm and l2 (`statements`)."""
+        return self.formula_key(), self.paper_form
+
     def inline(self, expr: sp.Expr) -> sp.Expr:
         """expr with every statistic replaced by its defining batch sum (so diff sees through it)."""
         definitions: dict[sp.Symbol, sp.Expr] = {}

@@ -27,7 +27,7 @@ from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, ClaimResult, Status, to_latex
 from theory.concrete import concrete_forward, concrete_jacobian, grad_invariants_at, grad_symbols
 from theory.derive import Derivation, _sum_over
-from theory.normaliser import eps, g_hat, gamma, sigma
+from theory.normaliser import Normaliser, eps, g_hat, gamma, sigma
 
 _b = sp.Symbol("b", integer=True, positive=True)  # output index of the second derivative
 
@@ -182,6 +182,10 @@ class _Found:
 
 
 # ---------------------------------------------------------------- statements
+
+
+# Results depend on the forward formula alone, not on the axis: shared by normalisers of one formula (`statements`).
+RESULT_KEY = Normaliser.statement_key
 
 
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:

@@ -6,9 +6,13 @@ module in `STATEMENT_MODULES`. Statements typed as the paper prints them are the
 their left sides always come from `derive`. For a normaliser without a symbolic-m closed form
 (`derive` raises NoClosedForm: l1, l-inf), only modules that also expose
 `establish_concrete(normaliser, reason)` contribute, with evidence from concrete m (general_m false).
+A module whose results depend on less than the whole normaliser declares it as `RESULT_KEY(normaliser)`;
+its results are then computed once per key (LayerNorm, GroupNorm, l2 share BatchNorm's formula).
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 from theory import (
     activation_bound,
@@ -41,6 +45,23 @@ def concrete_evidence(derivation: Derivation) -> tuple[tuple[int, ...], str]:
     return good, text
 
 
+_SHARED: dict = {}
+
+
+def _module_results(module, derivation: Derivation, concrete) -> dict[str, ClaimResult]:
+    """module.establish(derivation, concrete), shared in this process between normalisers with equal
+    `module.RESULT_KEY(normaliser)` (what the module declares its results depend on, e.g. the formula alone)
+    and relabelled with each normaliser's name; a module that declares no RESULT_KEY is always run."""
+    key_of = getattr(module, "RESULT_KEY", None)
+    if key_of is None:
+        return module.establish(derivation, concrete)
+    key = (module.__name__, key_of(derivation.normaliser))
+    if key not in _SHARED:
+        _SHARED[key] = module.establish(derivation, concrete)
+    return {claim: dataclasses.replace(result, normaliser=derivation.normaliser.name)
+            for claim, result in _SHARED[key].items()}
+
+
 def establish_all(normaliser: Normaliser) -> dict[str, ClaimResult]:
     """Every statement that applies to `normaliser`, keyed by claim id (cached on disk)."""
     return cached("claims", normaliser, lambda: _establish_all(normaliser))
@@ -64,5 +85,5 @@ def _establish_all(normaliser: Normaliser) -> dict[str, ClaimResult]:
     concrete = concrete_evidence(derivation)
     results: dict[str, ClaimResult] = {}
     for module in STATEMENT_MODULES:
-        results.update(module.establish(derivation, concrete))
+        results.update(_module_results(module, derivation, concrete))
     return results

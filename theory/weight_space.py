@@ -317,6 +317,14 @@ def group_layout(normaliser) -> GroupLayout:
     return AXIS_LAYOUTS[word]
 
 
+def result_key(normaliser) -> tuple:
+    """What this module's results depend on: the formula (`Normaliser.statement_key`) and the layout."""
+    return normaliser.statement_key(), group_layout(normaliser)
+
+
+RESULT_KEY = result_key  # BatchNorm and l2 (one formula, both over the batch) share one establishment (`statements`)
+
+
 def normalises_over_batch(normaliser) -> bool:
     """Whether one group is one unit over the batch (layout COLUMN), as thm4.4 as printed needs.
 

@@ -48,6 +48,7 @@ from theory.weight_space import (
     g_j,
     group_layout,
     lam,
+    result_key,
     thm41_slack,
     unit_gradient_identity,
     x_op_sq,
@@ -62,7 +63,8 @@ LAYER_GRAD_LATEX = r"\|\nabla_W\hat{\mathcal{L}}\|_F^2"
 REPARAM_GRAD_LATEX = r"\|\nabla_{v_j}\hat{\mathcal{L}}\|^2"
 ROW_ASSUMPTIONS = (*ACTIVATION_ASSUMPTIONS, r"y = XW,\ X \in \mathbb{R}^{m\times d}",
                    r"\text{the groups } k \text{ partition the entries of } y \text{ (each within one row)}")
-WEIGHT_ASSUMPTIONS = (*ACTIVATION_ASSUMPTIONS, r"w_j = \mathcal{N}(v_j),\ y_j = X w_j,\ \delta_j = \partial\hat{\mathcal{L}}/\partial y_j",
+# Not "g arbitrary": here g = X^T delta_j; m is the group size d (the input width of unit j).
+WEIGHT_ASSUMPTIONS = (*ACTIVATION_ASSUMPTIONS[:4], r"w_j = \mathcal{N}(v_j),\ y_j = X w_j,\ \delta_j = \partial\hat{\mathcal{L}}/\partial y_j",
                       r"g = \partial\hat{\mathcal{L}}/\partial w_j = X^\top\delta_j")
 FIXED_DERIVATIVES = (r"\text{derivatives w.r.t. } y \text{ held fixed while } X \text{ ranges over } \|X\|_2 \le \lambda"
                      r"\text{ (as the paper's proof does)}")
@@ -230,11 +232,12 @@ def _reparam_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]
         statement_latex=(r"\hat{g}_j = \max_{\|X\|_2\le\lambda}" + REPARAM_GRAD_LATEX + " = "
                          + to_latex(coefficient) + r"\, g_j,\quad g_j = \max_{\|X\|_2\le\lambda}"
                          r"\|\nabla_{W_{\cdot j}}\mathcal{L}\|^2 = \lambda^2\|\delta_j\|^2"),
-        assumptions=(*WEIGHT_ASSUMPTIONS, r"\lambda > 0", r"d \ge 3"),
+        assumptions=(*WEIGHT_ASSUMPTIONS, r"\lambda > 0"),
         conditions=(FIXED_DERIVATIVES,),
         derived_latex=rf"\hat{{g}}_j \le {to_latex(coefficient * g_j)}",
         slack_latex=r"\mathrm{RHS}_{4.1} - c\,\|g\|^2 = " + to_latex(reduction) + r" \le 0",
-        equality="equality: attained by X = lambda delta_j u^T/||delta_j|| with u a unit vector orthogonal to 1 and yhat",
+        equality=("the maximum is attained (so '=' holds) whenever a unit u orthogonal to 1 and yhat exists (d >= 3), by "
+                  "X = lambda delta_j u^T/||delta_j||; shown exactly at d = 3"),
         concrete_m_checked=concrete[0], extra={"minimax_witness": witness},
         evidence=(steps + f"; RHS_4.1 - c ||g||^2 = {sp.sstr(reduction)} "
                   + ("<= 0 (SymPy)" if reduction_nonpositive else "(not shown <= 0)")
@@ -248,6 +251,9 @@ def _reparam_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]
 
 
 # --- entry points -----------------------------------------------------------------------------------------
+
+
+RESULT_KEY = result_key  # formula and layout: LayerNorm and GroupNorm share one establishment (`statements`)
 
 
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
