@@ -13,9 +13,10 @@ eta = multiplier * lr (multipliers > 0), on the SAME batch B, in train() mode (b
 Norms are Euclidean over ALL trainable parameters flattened together (weights, biases, BN gamma and
 beta), accumulated in float64. The paper's ranges: VGG eta in [0.5, 4] x lr, DLN [0.01, 30] x lr.
 
-Cost (VGG-1d default, batch 128, one CPU thread, 8 points, grads passed): one probe point = 1.2-1.7
-training forward+backwards, vmapped about the same on CPU (batched convs gain nothing on one thread;
-on a GPU vmap amortises kernel launches, unmeasured here).
+Cost (`python -m verify bench`, one CPU thread, 6 points, grads passed, L(x0) included): one probe
+point = 1.1-1.16 forward+backwards unbatched, 1.3-1.4 vmapped on the VGG-1d default (batch 128);
+vmapped wins on the smoke model (0.8 against 1.2), whose passes are too small to fill a core. The
+path in use per device type is BATCHED_BY_DEVICE, set from the bench at the preset's size.
 
 Every probe runs through `training_function(model)`, the one way measurements in this package
 evaluate the network: train() mode, no BN running-statistics update, the noise of the last training
@@ -92,11 +93,12 @@ def training_loss(model: nn.Module, params: Params, x: torch.Tensor, target: tor
 def squared_norm(tensors: dict[str, torch.Tensor] | Sequence[torch.Tensor]) -> float:
     """sum ||t||^2 over the tensors, accumulated in float64."""
     values = tensors.values() if isinstance(tensors, dict) else tensors
-    return float(sum(torch.sum(t.detach().double() ** 2).item() for t in values))
+    return float(torch.stack([torch.sum(t.detach().double() ** 2) for t in values]).sum())  # one device read
 
 
-# Whether landscape_probe evaluates its points in one vmap, per device type, chosen by `python -m verify
-# bench` (probe_point_unbatched vs probe_point_batched, VGG-1d default, batch 128, one thread).
+# Whether landscape_probe evaluates its points in one vmap by default, per device type, chosen by
+# `python -m verify bench` (probe_point_unbatched vs probe_point_batched): CPU from the default size
+# (VGG-1d, batch 128, one thread); CUDA unbatched until a paper-size GPU bench says otherwise.
 BATCHED_BY_DEVICE = {"cpu": False, "cuda": False}
 
 
@@ -127,8 +129,8 @@ def _probe_points_unbatched(model, loss_fn, x, target, params, g, etas):
         loss = training_loss(model, displaced, x, target, loss_fn)
         (grad_flat,) = torch.autograd.grad(loss, flat)  # 0 where a parameter is unused
         losses.append(loss.detach())
-        changes.append(torch.sum((grad_flat - flat_g).double() ** 2))
-    return torch.stack(losses).double().cpu().numpy(), torch.stack(changes).sqrt().cpu().numpy()
+        changes.append(torch.linalg.vector_norm(grad_flat - flat_g, dtype=torch.float64))
+    return torch.stack(losses).double().cpu().numpy(), torch.stack(changes).cpu().numpy()
 
 
 def _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size):
@@ -152,22 +154,24 @@ def _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size
 
 
 def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor, lr: float,
-                    step_multipliers: Sequence[float], *, batched: bool = False, chunk_size: int | None = None,
+                    step_multipliers: Sequence[float], *, batched: bool | None = None, chunk_size: int | None = None,
                     grads: Params | None = None) -> dict:
     """Loss, gradient change and effective beta-smoothness along -g at eta = multiplier * lr (module doc).
 
     `grads` may pass the training step's gradient at the current parameters on this same batch
     (e.g. {name: p.grad}) to save one forward+backward; it is then trusted, not recomputed.
     `batched=True` evaluates all points in one vmap (memory ~ len(multipliers) forwards; bound it
-    with `chunk_size`). Returns float64 numpy arrays eta, loss, grad_change and scalars loss0,
-    grad_norm, loss_min, loss_max, loss_range, loss_range_with_x0, grad_change_min, grad_change_max,
-    grad_change_range, beta_eff.
+    with `chunk_size`); None takes the faster path on x's device (`batched_by_default`). Returns
+    float64 numpy arrays eta, loss, grad_change and scalars loss0, grad_norm, loss_min, loss_max,
+    loss_range, loss_range_with_x0, grad_change_min, grad_change_max, grad_change_range, beta_eff,
+    and batched, the path taken.
     """
     multipliers = np.asarray(step_multipliers, dtype=np.float64)
     if multipliers.ndim != 1 or multipliers.size == 0 or not np.all(multipliers > 0):
         raise ValueError(f"step_multipliers={list(multipliers)} must be a non-empty list of positive numbers "
                          "(eta = 0 is the current point: its loss is returned as loss0, its grad change is 0)")
     etas = multipliers * lr
+    batched = batched_by_default(x.device) if batched is None else batched
     with training_function(model):
         params = parameter_dict(model)
         loss0_tensor, g = None, grads
@@ -200,5 +204,6 @@ def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: 
         "grad_change_max": float(changes.max()),
         "grad_change_range": float(changes.max() - changes.min()),
         "beta_eff": float(beta),
+        "batched": batched,
     }
 
