@@ -28,6 +28,9 @@ from theory import numeric
 
 # Unit roundoff of the dtype the network ran in: the measured dL/dy is a float32 autograd result.
 UNIT_ROUNDOFF = {"float32": 2.0**-24, "float64": 2.0**-53, "float16": 2.0**-11, "bfloat16": 2.0**-8}
+# Smallest subnormal spacing of each dtype (Higham's eta): a result in the subnormal range is off by up to this
+# much in absolute terms, whatever its size (a gradient of 1e-40 in float32 keeps only a few digits).
+UNDERFLOW = {"float32": 2.0**-149, "float64": 2.0**-1074, "float16": 2.0**-24, "bfloat16": 2.0**-133}
 # Error terms bounded in `float_rounding_tolerance`: three in the backward formula plus the rounding
 # of the float32 batch statistics (invstd) it multiplies by; doubled because each term is the product
 # of two rounded factors. Fixed a priori from that count, never tuned to the data.
@@ -39,7 +42,9 @@ def gradient_rounding_error(rows: dict[str, np.ndarray], dtype: str) -> np.ndarr
     u = UNIT_ROUNDOFF[dtype]
     m = rows["m"].astype(np.float64)
     gamma_m = m * u / (1.0 - m * u)
-    return ROUNDING_TERMS * gamma_m * np.abs(rows["gamma"]) / rows["sigma"] * np.sqrt(rows["g_sq"])
+    centring = 1.0 + np.abs(rows["mean"]) / rows["sigma"]
+    relative = ROUNDING_TERMS * gamma_m * centring * np.abs(rows["gamma"]) / rows["sigma"] * np.sqrt(rows["g_sq"])
+    return relative + ROUNDING_TERMS * np.sqrt(m) * UNDERFLOW[dtype]
 
 
 def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
@@ -48,9 +53,16 @@ def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype
     With u the unit roundoff and gamma_m = m u / (1 - m u) (Higham's bound for a length-m sum in any
     order), each term of dy = (gamma/sigma)(g - <1,g>/m - yhat <g,yhat>/m) is computed with an error
     of norm at most gamma_m (|gamma|/sigma) ||g|| (Cauchy-Schwarz: ||<1,g>1||/m <= ||g||,
-    ||yhat|| |<g,yhat>|/m <= ||g|| since ||yhat||^2 <= m). So ||dy_measured - dy|| <= E with
-    E = ROUNDING_TERMS * gamma_m * (|gamma|/sigma) ||g||, and ||dy|| <= sqrt(RHS) whenever the
-    bound holds, which gives ||dy_measured||^2 <= (sqrt(RHS) + E)^2 = RHS + 2 sqrt(RHS) E + E^2.
+    ||yhat|| |<g,yhat>|/m <= ||g|| since ||yhat||^2 <= m). The float32 batch mean mu-hat that the
+    forward subtracts is itself off by up to gamma_m mean|y| <= gamma_m (|mu| + sigma), an error of
+    gamma_m (1 + |mu|/sigma) in every yhat; through yhat <g,yhat>/m it moves dy by as much again per
+    unit of (|gamma|/sigma) ||g||, so the terms carry the centring factor (1 + |mu|/sigma) (a channel
+    whose mean dwarfs its spread loses the digits of its spread when centred). So
+    ||dy_measured - dy|| <= E with E = ROUNDING_TERMS * gamma_m * (1 + |mu|/sigma) (|gamma|/sigma) ||g||
+    + ROUNDING_TERMS sqrt(m) eta, the last term for entries that underflow to subnormals (each off by at most
+    eta, the dtype's subnormal spacing, per operation), and ||dy|| <= sqrt(RHS) whenever the bound holds,
+    which gives
+    ||dy_measured||^2 <= (sqrt(RHS) + E)^2 = RHS + 2 sqrt(RHS) E + E^2.
     """
     error = gradient_rounding_error(rows, dtype)
     return 2.0 * np.sqrt(np.maximum(rhs, 0.0)) * error + error**2
@@ -58,8 +70,10 @@ def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype
 
 TOLERANCE_REASON = (
     "worst-case rounding bound of the measured float32 gradient: tol = 2 sqrt(RHS) E + E^2 with "
-    f"E = {ROUNDING_TERMS} gamma_m (|gamma|/sigma) ||g||, gamma_m = m u/(1 - m u), u the unit roundoff "
-    "of the network's dtype (2^-24 for float32); the bound itself is evaluated in float64"
+    f"E = {ROUNDING_TERMS} gamma_m (1 + |mu|/sigma) (|gamma|/sigma) ||g||, gamma_m = m u/(1 - m u), u the unit "
+    "roundoff of the network's dtype (2^-24 for float32), (1 + |mu|/sigma) the error of the float32 batch mean "
+    f"carried through yhat, plus {ROUNDING_TERMS} sqrt(m) eta for entries in the subnormal range (eta = 2^-149 in "
+    "float32); the bound itself is evaluated in float64"
 )
 
 
@@ -236,7 +250,7 @@ def default_claims() -> tuple[Claim, ...]:
 
 # --- measurement tables of one run -----------------------------------------------------------------------
 
-_JOINED = ("m", "eps", "gamma", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
+_JOINED = ("m", "eps", "gamma", "mean", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
 
 
 def _probe_table(probes: dict, name: str) -> dict[str, np.ndarray]:
