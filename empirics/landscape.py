@@ -155,11 +155,12 @@ def _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size
 
 def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor, lr: float,
                     step_multipliers: Sequence[float], *, batched: bool | None = None, chunk_size: int | None = None,
-                    grads: Params | None = None) -> dict:
+                    grads: Params | None = None, loss0: float | None = None) -> dict:
     """Loss, gradient change and effective beta-smoothness along -g at eta = multiplier * lr (module doc).
 
     `grads` may pass the training step's gradient at the current parameters on this same batch
-    (e.g. {name: p.grad}) to save one forward+backward; it is then trusted, not recomputed.
+    (e.g. {name: p.grad}) to save one forward+backward; it is then trusted, not recomputed. `loss0`
+    may pass that step's loss, L(x0) on this batch, likewise (saving one forward) when grads are given.
     `batched=True` evaluates all points in one vmap (memory ~ len(multipliers) forwards; bound it
     with `chunk_size`); None takes the faster path on x's device (`batched_by_default`). Returns
     float64 numpy arrays eta, loss, grad_change and scalars loss0, grad_norm, loss_min, loss_max,
@@ -180,8 +181,11 @@ def landscape_probe(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: 
         else:  # a parameter without a gradient (None, as .grad of an unused one) did not move: zero
             g = {name: torch.zeros_like(p) if grads.get(name) is None else grads[name].detach()
                  for name, p in params.items()}
-        with torch.no_grad():
-            loss0 = float(training_loss(model, params, x, target, loss_fn) if loss0_tensor is None else loss0_tensor)
+        if loss0_tensor is not None:
+            loss0 = float(loss0_tensor)
+        elif loss0 is None:
+            with torch.no_grad():
+                loss0 = float(training_loss(model, params, x, target, loss_fn))
         if batched:
             losses, changes = _probe_points_batched(model, loss_fn, x, target, params, g, etas, chunk_size)
         else:

@@ -52,13 +52,13 @@ class ProbeRecorder:
     def wants_snapshot(self, step: int) -> bool:
         return _due(self.probes.ics_every, step)
 
-    def before_update(self, step: int, x: torch.Tensor, target: torch.Tensor) -> None:
-        """Measurements at W^t on this step's batch; .grad holds this step's gradient."""
+    def before_update(self, step: int, x: torch.Tensor, target: torch.Tensor, loss: float | None = None) -> None:
+        """Measurements at W^t on this step's batch; .grad holds this step's gradient, `loss` its loss."""
         p, model = self.probes, self.model
         if _due(p.landscape_every, step):
             grads = {name: param.grad for name, param in model.named_parameters()}
             result = landscape.landscape_probe(model, self.loss_fn, x, target, self.lr, p.landscape_multipliers,
-                                               grads=grads)
+                                               grads=grads, loss0=loss)
             self.tables["landscape"].append({"step": step, **result})
         if _due(p.curvature_every, step):
             layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]

@@ -335,7 +335,7 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
         state.last_finite = {"step": step, "loss": loss_value}
         if capturing:
             capture_chunks.append(capture.collect(step))
-        probes.before_update(step, xb, yb)
+        probes.before_update(step, xb, yb, loss_value)
         before = ({n: p.detach().clone() for n, p in model.named_parameters()}
                   if probes.wants_snapshot(step) else None)
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} if before is not None else None

@@ -101,3 +101,14 @@ def test_small_steps_see_a_nearly_linear_loss():
 def test_multipliers_must_be_positive(multipliers):
     with pytest.raises(ValueError, match="positive"):
         landscape_probe(tiny_net(), F.cross_entropy, *tiny_batch(), 0.1, multipliers)
+
+
+def test_the_step_loss_passed_with_its_gradient_is_reported_as_loss0():
+    model = tiny_net("batchnorm")
+    x, labels = tiny_batch()
+    loss, _ = _loss_and_grads(model, x, labels)
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    computed = landscape_probe(model, F.cross_entropy, x, labels, LR, MULTIPLIERS, grads=grads)
+    given = landscape_probe(model, F.cross_entropy, x, labels, LR, MULTIPLIERS, grads=grads, loss0=loss)
+    assert given["loss0"] == loss and computed["loss0"] == pytest.approx(loss, rel=RTOL)
+    np.testing.assert_array_equal(given["loss"], computed["loss"])

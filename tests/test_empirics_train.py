@@ -169,10 +169,10 @@ def _interrupting_probes(monkeypatch, at_step: int) -> None:
     """Make the probe recorder raise when the loop reaches `at_step` (after that step's backward)."""
     real_before_update = train.ProbeRecorder.before_update
 
-    def before_update(self, step, x, target):
+    def before_update(self, step, *batch_and_loss):
         if step == at_step:
             raise _Interrupt(step)
-        return real_before_update(self, step, x, target)
+        return real_before_update(self, step, *batch_and_loss)
 
     monkeypatch.setattr(train.ProbeRecorder, "before_update", before_update)
 

@@ -6,7 +6,7 @@ candidate and baseline alternating repetition by repetition (so a neighbour's lo
     train_step            one plain SGD step: zero_grad, forward, cross-entropy, backward, step (the unit; s)
     capture_overhead      a step with the thm4.1 BoundCapture hooks active and its rows collected / plain step
     capture_disabled      a step of a run that has a BoundCapture but is not capturing / plain step
-    probe_point_unbatched landscape_probe (6 points, step gradient passed) per point / one forward+backward
+    probe_point_unbatched landscape_probe (6 points, step gradient and loss passed) per point / forward+backward
     probe_point_batched   the same through one torch.func.vmap over stacked parameters
     ics_layer             ics() over every layer group (step gradient passed) per shifted layer / forward+backward
     hvp                   one Hessian-vector product of L w.r.t. the first BN layer's output / one gradient of it
@@ -169,9 +169,12 @@ def _plain_step(s: _Setup) -> None:
     s.optimizer.step()
 
 
-def _step_gradient(s: _Setup) -> dict[str, torch.Tensor]:
-    _forward_backward(s)
-    return {name: p.grad.detach().clone() for name, p in s.model.named_parameters()}
+def _step_gradient(s: _Setup) -> tuple[dict[str, torch.Tensor], float]:
+    """(the gradient, the loss) of a training step at the current parameters, as probes receive them."""
+    s.model.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(s.model(s.x), s.y)
+    loss.backward()
+    return {name: p.grad.detach().clone() for name, p in s.model.named_parameters()}, loss.item()
 
 
 # ---------------------------------------------------------------- figures
@@ -204,15 +207,15 @@ def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
 
 
 def _landscape_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
-    grads = _step_gradient(s)
+    grads, loss = _step_gradient(s)
     multipliers = s.probes.landscape_multipliers
     figures = {}
     for batched in (False, True):
         probe = lambda: landscape.landscape_probe(s.model, F.cross_entropy, s.x, s.y, LR, multipliers,
-                                                  batched=batched, grads=grads)
+                                                  batched=batched, grads=grads, loss0=loss)
         figure = _paired(timed, probe, lambda: _forward_backward(s), repeats, warmup, per_call=len(multipliers))
         figures[f"probe_point_{'batched' if batched else 'unbatched'}"] = {
-            **figure, "note": f"{len(multipliers)} points per probe, loss at x0 included"}
+            **figure, "note": f"{len(multipliers)} points per probe, step gradient and loss passed"}
     faster = min(("unbatched", "batched"), key=lambda k: figures[f"probe_point_{k}"]["value"])
     in_use = "batched" if landscape.batched_by_default(s.x.device) else "unbatched"
     figures["probe_point_batched"]["note"] += f"; faster here: {faster}; landscape.py uses {in_use} on {s.x.device.type}"
@@ -220,7 +223,7 @@ def _landscape_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
 
 
 def _ics_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
-    grads = _step_gradient(s)
+    grads, _ = _step_gradient(s)
     groups = ics.layer_groups(s.model)
     update = ics.sgd_update(dict(s.model.named_parameters()), grads, LR)
     measure = lambda: ics.ics(s.model, F.cross_entropy, s.x, s.y, groups, update, grads=grads)
@@ -274,8 +277,9 @@ def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
         recorder = ProbeRecorder(window_probes, s.model, F.cross_entropy, LR)
         for step in range(k):
             s.optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(s.model(s.x), s.y).backward()
-            recorder.before_update(step, s.x, s.y)
+            loss = F.cross_entropy(s.model(s.x), s.y)
+            loss.backward()
+            recorder.before_update(step, s.x, s.y, loss.item())  # train.py reads the loss every step too
             before = ({n: p.detach().clone() for n, p in s.model.named_parameters()}
                       if recorder.wants_snapshot(step) else None)
             grads = ({n: p.grad.detach().clone() for n, p in s.model.named_parameters()}
