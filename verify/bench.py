@@ -268,9 +268,11 @@ def probe_passes(s: _Setup, probes: ProbeConfig) -> dict[str, int]:
 def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
     """Window of k steps, probes due every k on its first, per step / plain step; floor 1 + P / k."""
     k = s.probe_every
-    window_probes = dataclasses.replace(  # the probes due every k; sparser ones (curvature) reported apart
-        s.probes, **{f"{name}_every": (k if getattr(s.probes, f"{name}_every") == k else 0)
-                     for name in ("landscape", "ics", "curvature", "weight_bounds", "histogram")})
+    every = {name: getattr(s.probes, f"{name}_every")
+             for name in ("landscape", "ics", "curvature", "weight_bounds", "histogram")}
+    # the probes due every k; sparser ones (curvature, every 5 k or more) are named in the note
+    window_probes = dataclasses.replace(s.probes, **{f"{name}_every": k if e == k else 0 for name, e in every.items()})
+    skipped = [name for name, e in every.items() if e not in (0, k)]
     passes = probe_passes(s, window_probes)
 
     def probed_window():
@@ -279,7 +281,7 @@ def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
             s.optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(s.model(s.x), s.y)
             loss.backward()
-            recorder.before_update(step, s.x, s.y, loss.item())  # train.py reads the loss every step too
+            recorder.before_update(step, s.x, s.y, loss.item() if step == 0 else None)  # read where probes run
             before = ({n: p.detach().clone() for n, p in s.model.named_parameters()}
                       if recorder.wants_snapshot(step) else None)
             grads = ({n: p.grad.detach().clone() for n, p in s.model.named_parameters()}
@@ -294,8 +296,8 @@ def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
 
     figure = _paired(timed, probed_window, plain_window, repeats, warmup)
     floor = 1 + sum(passes.values()) / k
-    skipped = [name for name in ("curvature",) if getattr(s.probes, f"{name}_every") not in (0, k)]
-    return {**figure, "floor": floor, "target": PROBED_STEP_SLACK * floor, "passed": figure["value"] <= PROBED_STEP_SLACK * floor,
+    target = PROBED_STEP_SLACK * floor
+    return {**figure, "floor": floor, "target": target, "passed": figure["value"] <= target,
             "note": f"k = {k}; probe passes {passes}"
                     + (f"; sparser probes not in the window: {', '.join(skipped)}" if skipped else "")}
 
@@ -374,6 +376,11 @@ def _judge(figures: dict) -> None:
         if name in TARGETS:
             figure["target"] = TARGETS[name]
             figure["passed"] = figure["value"] <= TARGETS[name]
+    if "capture_disabled" in figures:  # the same code as a plain step: "1.00 within noise"
+        disabled = figures["capture_disabled"]
+        low, high = disabled["iqr"]
+        disabled["target"] = f"≤ {TARGETS['capture_disabled']}, or 1 within the IQR"
+        disabled["passed"] = disabled["value"] <= TARGETS["capture_disabled"] or low <= 1 <= high
     if "probe_point_batched" in figures and "probe_point_unbatched" in figures:
         batched, unbatched = figures["probe_point_batched"], figures["probe_point_unbatched"]
         in_use = "landscape.py uses batched" in batched["note"]
@@ -445,7 +452,7 @@ def table_rows(result: dict) -> list[list[str]]:
 def describe(result: dict) -> str:
     m = result["machine"]
     load = result["load_average"]["before"]
-    return (f"size `{result['size']}` on {m['device']} ({m['device_name']}), {m['cpu_count']} CPUs, "
+    return (f"size {result['size']} on {m['device']} ({m['device_name']}), {m['cpu_count']} CPUs, "
             f"{m['threads']} torch thread(s), torch {m['torch']}, Python {m['python']}; medians of "
             f"{result['repeats']} repetitions after {result['warmup']} warm-up"
             + (f"; load average {load[0]:.2f} at the start" if load else ""))

@@ -471,7 +471,7 @@ def _performance_section(out_dir: Path) -> list[Block]:
             for name, value, spread, target, met in bench_table_rows(bench)]
     sync = bench.get("sync_in_plain_step") or {}
     return [Heading(2, "Performance"), Paragraph(parts(
-        f"Measured by `python -m verify bench`: {describe_bench(bench)}. Each ratio is to the pass the "
+        "Measured by ", Code("python -m verify bench"), f": {describe_bench(bench)}. Each ratio is to the pass the "
         "measurement fundamentally needs (a plain training step, or one forward+backward on the same batch), "
         "timed alternately with it in the same process; the spread is the interquartile range over the "
         "repetitions. Targets are issue 7's.")),
