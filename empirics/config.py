@@ -100,17 +100,22 @@ class ProbeConfig:
         def finer(a: int, b: int) -> int:
             return min(x for x in (a, b) if x > 0) if a or b else 0
 
+        def layers(a_every: int, a_layers: tuple, b_every: int, b_layers: tuple) -> tuple[int, ...]:
+            # () means "every layer" only for a config that runs the probe; one that does not adds no layers
+            if not (a_every and b_every):
+                return a_layers if a_every else b_layers if b_every else ()
+            return () if not (a_layers and b_layers) else tuple(sorted(set(a_layers) | set(b_layers)))
+
         if self.landscape_every and other.landscape_every and self.landscape_multipliers != other.landscape_multipliers:
             raise ConfigError("two experiments probe the same run with different landscape grids; use one grid")
         multipliers = self.landscape_multipliers if self.landscape_every else other.landscape_multipliers
         return ProbeConfig(
             landscape_every=finer(self.landscape_every, other.landscape_every), landscape_multipliers=multipliers,
             ics_every=finer(self.ics_every, other.ics_every),
-            ics_layers=() if not (self.ics_layers and other.ics_layers)
-            else tuple(sorted(set(self.ics_layers) | set(other.ics_layers))),
+            ics_layers=layers(self.ics_every, self.ics_layers, other.ics_every, other.ics_layers),
             curvature_every=finer(self.curvature_every, other.curvature_every),
-            curvature_layers=() if not (self.curvature_layers and other.curvature_layers)
-            else tuple(sorted(set(self.curvature_layers) | set(other.curvature_layers))),
+            curvature_layers=layers(self.curvature_every, self.curvature_layers, other.curvature_every,
+                                    other.curvature_layers),
             weight_bounds_every=finer(self.weight_bounds_every, other.weight_bounds_every),
             histogram_every=finer(self.histogram_every, other.histogram_every),
         )

@@ -26,6 +26,15 @@ def test_plan_trains_each_run_once_with_the_union_of_its_probes():
     assert runs_of(config, "ics", specs) == [s for s in specs if s.norm in (Norm.NONE, Norm.BATCHNORM)]
 
 
+def test_a_config_without_a_probe_does_not_widen_its_layers_to_all():
+    """The train experiment asks for no curvature: merging it must keep bounds' first and last layer."""
+    bounds = ProbeConfig(curvature_every=500, curvature_layers=(0, -1), ics_every=100, ics_layers=(8, 16))
+    for merged in (bounds.union(ProbeConfig()), ProbeConfig().union(bounds)):
+        assert merged.curvature_layers == (0, -1) and merged.ics_layers == (8, 16)
+    every_layer = ProbeConfig(curvature_every=100)  # () with the probe on: every layer, and that wins
+    assert bounds.union(every_layer).curvature_layers == ()
+
+
 def test_unknown_experiment_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown experiment"):
         plan(override(SMOKE, "experiments=train,fig99"))
