@@ -77,6 +77,7 @@ def _positive_log(ax, *arrays) -> None:
     values = np.concatenate([np.ravel(a) for a in arrays])
     if np.any(np.isfinite(values) & (values > 0)):
         ax.set_yscale("log")
+        ax.minorticks_off()
 
 
 # ---------------------------------------------------------------- landscape (Fig. 4, 9, 12)
@@ -142,6 +143,7 @@ def predictiveness_figure(out_dir: Path, runs, kind: str, lr: float) -> list[Pat
                                linewidth=1)
         ax.set_xscale("log")
         _positive_log(ax, probes["landscape/grad_change"])
+        ax.minorticks_off()
         ax.set_title(f"norm = {norm}, seed {run['spec']['seed']}")
         ax.set_xlabel("step size eta")
         ax.grid(alpha=0.3)
@@ -311,15 +313,25 @@ def dln_loss_figure(out_dir: Path, runs) -> list[Path]:
     return [_save(fig, out_dir, "dln_loss.png")]
 
 
+def _part_figures(out_dir: Path, part: str) -> list[Path]:
+    """The figures of one part ('vgg1d', 'dln' or 'other': noisy BN, l_p, DLN loss), from the runs of DIR."""
+    runs = load_report_runs(out_dir)
+    if part == "other":
+        return noisy_figure(out_dir, runs) + lp_figures(out_dir, runs) + dln_loss_figure(out_dir, runs)
+    paths: list[Path] = []
+    lrs = sorted({float(r["spec"]["lr"]) for r in runs if r["spec"].get("kind", "vgg1d") == part})
+    for lr in lrs:
+        paths += landscape_figure(out_dir, runs, part, lr)
+    if lrs:
+        paths += predictiveness_figure(out_dir, runs, part, lrs[0])
+    return paths + ics_figure(out_dir, runs, part)
+
+
+def drawing_jobs(out_dir: Path) -> list[tuple]:
+    """(function, args) per independent part, in report order (each part loads the runs it draws from)."""
+    return [(_part_figures, (out_dir, part)) for part in ("vgg1d", "dln", "other")]
+
+
 def draw_paper_figures(out_dir: Path) -> list[Path]:
     """Every paper figure the runs of DIR support, in report order."""
-    runs = load_report_runs(out_dir)
-    paths: list[Path] = []
-    for kind in ("vgg1d", "dln"):
-        lrs = sorted({float(r["spec"]["lr"]) for r in runs if r["spec"].get("kind", "vgg1d") == kind})
-        for lr in lrs:
-            paths += landscape_figure(out_dir, runs, kind, lr)
-        if lrs:
-            paths += predictiveness_figure(out_dir, runs, kind, lrs[0])
-        paths += ics_figure(out_dir, runs, kind)
-    return paths + noisy_figure(out_dir, runs) + lp_figures(out_dir, runs) + dln_loss_figure(out_dir, runs)
+    return [path for function, args in drawing_jobs(out_dir) for path in function(*args)]
