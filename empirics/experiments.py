@@ -15,6 +15,8 @@ carry. Runs asked for by several experiments are trained once, with the union of
 
 from __future__ import annotations
 
+import math
+
 from .config import ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
 
 BASELINE = (Norm.NONE, Norm.BATCHNORM)
@@ -52,9 +54,11 @@ def lp(config: ExperimentConfig) -> list[RunSpec]:
 
 def bounds(config: ExperimentConfig) -> list[RunSpec]:
     t = config.train
+    # thm4.4 rows are checked against the thm4.1 capture of the same step, so weight terms are taken only on
+    # steps that also capture (every lcm of the two schedules): a row without its capture cannot be checked
     return _vgg(config, (Norm.BATCHNORM,), config.train.lrs,
                 ProbeConfig(curvature_every=t.curvature_every, curvature_layers=t.curvature_layers,
-                            weight_bounds_every=t.probe_every))
+                            weight_bounds_every=math.lcm(t.probe_every, t.capture_every)))
 
 
 def dln(config: ExperimentConfig) -> list[RunSpec]:
