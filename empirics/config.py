@@ -95,7 +95,7 @@ class ProbeConfig:
     weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
     histogram_every: int = 0  # activation distributions of every normalisation layer's output
 
-    def union(self, other: "ProbeConfig") -> "ProbeConfig":
+    def union(self, other: ProbeConfig) -> ProbeConfig:
         """Every probe either config asks for, at the finer of the two frequencies."""
         def finer(a: int, b: int) -> int:
             return min(x for x in (a, b) if x > 0) if a or b else 0

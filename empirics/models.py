@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from .config import ConfigError, ModelConfig, Norm
-from .norms import NormFactory, norm_factory
 from .data import N_CLASSES, SIGNAL_LENGTH
+from .norms import NormFactory, norm_factory
 
 IN_CHANNELS = 1
 

@@ -18,7 +18,7 @@ paper's histograms show for the standard network are at the same place).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ Tables (saved as `probes.npz`, keys `<probe>/<column>`):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

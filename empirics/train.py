@@ -21,10 +21,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,15 +33,15 @@ from torch import nn
 from tqdm import tqdm
 
 from .capture import BoundCapture, concat_rows
-from .storage import strict_json, write_atomic, write_json
+from .cifar import load_cifar10
 from .config import ConfigError, Device, RunSpec, to_dict, validate
 from .data import load_mnist1d
-from .cifar import load_cifar10
 from .dln import build_dln, dln_loss, synthetic_regression
-from .vgg2d import build_vgg2d
 from .models import build_model, norm_layers
 from .norms import norm_factory
 from .probes import ProbeRecorder
+from .storage import strict_json, write_atomic, write_json
+from .vgg2d import build_vgg2d
 
 EVAL_CHUNK = 1000  # samples per forward when evaluating a whole split; bounds memory only
 
@@ -79,7 +79,7 @@ class _BatchOrder:
         self.order: torch.Tensor | None = None  # (n,) this epoch's permutation
         self.start = 0
 
-    def __iter__(self) -> "_BatchOrder":
+    def __iter__(self) -> _BatchOrder:
         return self
 
     def __next__(self) -> torch.Tensor:
@@ -103,7 +103,7 @@ class _FullBatch:
     def __init__(self, n: int):
         self.everything = torch.arange(n)
 
-    def __iter__(self) -> "_FullBatch":
+    def __iter__(self) -> _FullBatch:
         return self
 
     def __next__(self) -> torch.Tensor:

@@ -21,8 +21,6 @@ from tests.test_empirics_measurements import (
 )
 
 
-
-
 def test_summary_matches_loops_over_units_and_values():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(4, 3, 5)) * 2

@@ -23,10 +23,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirics.capture import REDUCTION_KEYS, BoundCapture, batchnorm_layers, channel_reductions
-from empirics.cifar import FOLDER, META_FILE, TEST_FILE, TRAIN_FILES, load_cifar10, locate_cifar10
+from empirics.capture import (
+    REDUCTION_KEYS,
+    BoundCapture,
+    batchnorm_layers,
+    channel_reductions,
+)
+from empirics.cifar import (
+    FOLDER,
+    META_FILE,
+    TEST_FILE,
+    TRAIN_FILES,
+    load_cifar10,
+    locate_cifar10,
+)
 from empirics.config import ConfigError, Norm
-from empirics.noisy import NoisyBatchNorm1d, NoisyBatchNorm2d, NoisyIdentity, frozen_noise
+from empirics.noisy import (
+    NoisyBatchNorm1d,
+    NoisyBatchNorm2d,
+    NoisyIdentity,
+    frozen_noise,
+)
 from empirics.norms import SpatialFlatten, norm_factory, norm_slots
 from empirics.vgg2d import VGG_CONFIGS, build_vgg2d, conv_layers
 from empirics.weight_bounds import unfolded_input, weight_bound_terms

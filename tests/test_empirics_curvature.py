@@ -18,8 +18,6 @@ from tests.test_empirics_measurements import (
     training_step_forward,
 )
 
-
-
 RTOL = 1e-9  # float64; dense Hessians (m x m) and HVPs sum in different orders
 # torch >= 2.1x rejects eps = 0 in train(); 1e-300 is zero in effect: var + 1e-300 rounds to var
 # for any var > 1e-284, so sigma, P and the identities are those of eps = 0 to rounding.

@@ -12,8 +12,6 @@ from torch import nn
 from empirics.dln import build_dln, dln_loss, synthetic_regression, train_dln
 
 
-
-
 def test_plain_dln_is_the_product_of_its_matrices():
     model = build_dln(depth=5, width=4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     assert [type(m) for m in model] == [nn.Linear] * 5 and all(m.bias is None for m in model)

@@ -7,7 +7,15 @@ import dataclasses
 import pytest
 import torch
 
-from empirics.config import PRESETS, ConfigError, DLNConfig, Norm, ProbeConfig, RunSpec, override
+from empirics.config import (
+    PRESETS,
+    ConfigError,
+    DLNConfig,
+    Norm,
+    ProbeConfig,
+    RunSpec,
+    override,
+)
 from empirics.experiments import plan, runs_of
 from empirics.train import train_model
 

@@ -20,8 +20,6 @@ from tests.test_empirics_measurements import (
     training_step_forward,
 )
 
-
-
 RTOL = 1e-10  # float64 both routes; summation order only
 LR = 0.3
 

@@ -18,8 +18,6 @@ from tests.test_empirics_measurements import (
     training_step_forward,
 )
 
-
-
 # float64 on both routes; they differ only in summation order (functional_call vs module call)
 RTOL = 1e-10
 MULTIPLIERS = [0.5, 1.0, 2.0, 4.0]

@@ -12,8 +12,6 @@ from empirics.models import norm_layers
 from empirics.noisy import NoisyBatchNorm1d, NoisyIdentity, frozen_noise
 
 
-
-
 def _reference_noise(a: torch.Tensor, seed: int, n_mu=0.5, n_sigma=1.25, r_mu=0.1, r_sigma=0.1) -> torch.Tensor:
     """The documented draw order (mu, sigma per unit; then m, s per element), applied in loops."""
     generator = torch.Generator().manual_seed(seed)

@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirics.weight_bounds import spectral_norm_sq, unfolded_input, weight_bound_terms, weight_bound_terms_of_layers
+from empirics.weight_bounds import (
+    spectral_norm_sq,
+    unfolded_input,
+    weight_bound_terms,
+    weight_bound_terms_of_layers,
+)
 from tests.test_empirics_measurements import tiny_batch, tiny_net
-
-
 
 RTOL = 1e-10  # float64, summation order only
 

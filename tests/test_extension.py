@@ -20,7 +20,12 @@ import torch
 from hypothesis import given
 
 from tests.strategies import batches_with_eps, batches_with_grads_and_eps, gammas
-from tests.tolerances import assert_close, centring_condition, grad_sq_norm_tolerance, jacobian_entry_tolerance
+from tests.tolerances import (
+    assert_close,
+    centring_condition,
+    grad_sq_norm_tolerance,
+    jacobian_entry_tolerance,
+)
 from theory import numeric
 from theory.batch_algebra import m, mixed_sum
 from theory.derive import derive

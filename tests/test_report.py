@@ -165,7 +165,7 @@ def _headings_md(text: str) -> list[str]:
 
 def _headings_html(text: str) -> list[str]:
     return [(int(level), html.unescape(re.sub(r"<[^>]+>", "", body)))
-            for level, body in re.findall(r"<h([1-6])[^>]*>(.*?)</h\1>", text, flags=re.S)]
+            for level, body in re.findall(r"<h([1-6])[^>]*>(.*?)</h\1>", text, flags=re.DOTALL)]
 
 
 # ---------------------------------------------------------------- tests

@@ -61,7 +61,7 @@ def _thm41_grad_sq_norm_with_slack() -> sp.Expr:
 
 def _rational_point(seed: int) -> dict:
     rng = random.Random(seed)
-    fraction = lambda: sp.Rational(rng.randint(-9, 9), rng.randint(1, 5))  # noqa: E731
+    fraction = lambda: sp.Rational(rng.randint(-9, 9), rng.randint(1, 5))
     return {y[k]: fraction(), y[l]: fraction(), mu: fraction(), var: sp.Rational(rng.randint(1, 9), rng.randint(1, 4)),
             eps: sp.Rational(rng.randint(0, 3), 7), gamma: fraction()}
 

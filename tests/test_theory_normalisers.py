@@ -23,7 +23,12 @@ import sympy as sp
 import torch
 from hypothesis import assume, example, given, settings
 
-from tests.strategies import batches_with_eps, batches_with_grads, batches_with_grads_and_eps, gammas
+from tests.strategies import (
+    batches_with_eps,
+    batches_with_grads,
+    batches_with_grads_and_eps,
+    gammas,
+)
 from tests.tolerances import (
     assert_at_most,
     assert_close,
@@ -274,7 +279,7 @@ def test_torch_module_jacobian_equals_exact_concrete_jacobian(name, size):
 def test_kinks_are_screened_out():
     """|y_i - mu| at 0 (l1) and a max tied between different functions (l-inf, m = 3) have no Jacobian;
     at m = 2 the two l-inf deviations are the same function, so their tie is smooth."""
-    at = lambda values: {**{y[i + 1]: sp.Integer(v) for i, v in enumerate(values)}, eps: sp.Integer(0)}  # noqa: E731
+    at = lambda values: {**{y[i + 1]: sp.Integer(v) for i, v in enumerate(values)}, eps: sp.Integer(0)}
     assert not differentiable_at(REGISTRY["lp1"], 3, at([-1, 0, 1]))
     assert differentiable_at(REGISTRY["lp1"], 3, at([-1, 0, 2]))
     assert not differentiable_at(REGISTRY["lpinf"], 3, at([-1, 0, 1]))

@@ -21,7 +21,13 @@ from hypothesis import strategies as st
 
 from tests.strategies import gammas, nonnegative_eps, spread_batches, upstream_grads
 from tests.test_theory_normalisers import _typed_lp_forward
-from tests.tolerances import ROUNDING_CHAIN_FACTOR, UNIT_ROUNDOFF, Tolerance, assert_at_most, assert_close
+from tests.tolerances import (
+    ROUNDING_CHAIN_FACTOR,
+    UNIT_ROUNDOFF,
+    Tolerance,
+    assert_at_most,
+    assert_close,
+)
 from theory import numeric, weight_space_analogues
 from theory.claims import Status
 from theory.derive import derive
@@ -61,7 +67,7 @@ def test_weightnorm_gets_a_proved_per_unit_bound_and_a_minimax_without_reduction
     assert per_unit.status is Status.PROVED, per_unit.evidence
     assert minimax.status is Status.CONDITIONAL, minimax.evidence
     witness = minimax.extra["minimax_witness"]
-    parse = lambda text: sp.sympify(text.replace("lambda", "lam"))  # noqa: E731 - "lambda" is a Python keyword
+    parse = lambda text: sp.sympify(text.replace("lambda", "lam"))
     assert sp.simplify(parse(witness["lhs"]) - parse(witness["rhs"])) == 0 and parse(witness["lhs"]) != 0
 
 

@@ -11,8 +11,8 @@ The Jacobian, the closed form of ||J^T g||^2, the bounds and their slack are der
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import sympy as sp
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import sympy as sp
@@ -214,8 +214,8 @@ def jacobian(normaliser: str, batch: np.ndarray, gamma_value: float, eps_value: 
 
 # --- weight space (thm4.4 and its analogues): the weight-space statements' block, kept separate ------
 
-from theory.weight_space import GroupLayout, group_layout, x_op_sq  # noqa: E402
-from theory.weight_space_analogues import dy_sq  # noqa: E402
+from theory.weight_space import GroupLayout, group_layout, x_op_sq
+from theory.weight_space_analogues import dy_sq
 
 
 @functools.cache
@@ -268,7 +268,7 @@ def layer_weight_grad_bound(normaliser: str):
 
 # --- the typed statements of thm4.2 and thm4.4 in measured quantities (verify's measured checks) -----
 
-from theory import smoothness, weight_space  # noqa: E402
+from theory import smoothness, weight_space
 
 
 @functools.cache

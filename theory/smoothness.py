@@ -25,7 +25,12 @@ import sympy as sp
 
 from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, ClaimResult, Status, to_latex
-from theory.concrete import concrete_forward, concrete_jacobian, grad_invariants_at, grad_symbols
+from theory.concrete import (
+    concrete_forward,
+    concrete_jacobian,
+    grad_invariants_at,
+    grad_symbols,
+)
 from theory.derive import Derivation, _sum_over
 from theory.normaliser import Normaliser, eps, g_hat, gamma, sigma
 

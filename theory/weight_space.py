@@ -38,7 +38,12 @@ import sympy as sp
 from theory.activation_bound import bound_expressions
 from theory.batch_algebra import g, m, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, G1, G2, ClaimResult, Status, to_latex
-from theory.concrete import batch_symbols, concrete_jacobian, grad_invariants_at, grad_symbols
+from theory.concrete import (
+    batch_symbols,
+    concrete_jacobian,
+    grad_invariants_at,
+    grad_symbols,
+)
 from theory.derive import Derivation
 from theory.normaliser import eps, g_hat, gamma, sigma
 
@@ -183,7 +188,7 @@ class WeightSpaceCounterexample:
     rhs_consistent: sp.Expr  # the consistent form at the same point (it holds)
 
     def as_dict(self) -> dict:
-        text = lambda values: [str(v) for v in values]  # noqa: E731
+        text = lambda values: [str(v) for v in values]
         return {
             "m": self.m, "epsilon": str(self.epsilon), "gamma": str(self.gamma), "lambda": str(self.lam),
             "y": text(self.y), "g": text(self.g), "grad_y": text(self.grad_y),
@@ -338,7 +343,7 @@ def normalises_over_batch(normaliser) -> bool:
 
 def _variants() -> dict[str, sp.Expr]:
     """The printed statement, then the consistent form with one printed defect put back at a time."""
-    scaled = lambda bracket: gamma**2 / sigma**2 * bracket  # noqa: E731
+    scaled = lambda bracket: gamma**2 / sigma**2 * bracket
     return {
         "printed (all defects)": printed_form_typed(),
         "consistent, but g_j^2 for g_j": scaled(g_j**2 - lam**2 * m * mu_g**2 - lam**2 / m * g_hat**2),

@@ -36,8 +36,8 @@ import functools
 
 import sympy as sp
 
-from theory.activation_bound import APPENDIX_C, bound_expressions, establish_concrete as activation_concrete
-from theory.activation_bound import paper_bound
+from theory.activation_bound import APPENDIX_C, bound_expressions, paper_bound
+from theory.activation_bound import establish_concrete as activation_concrete
 from theory.batch_algebra import m, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, G2, ClaimResult, Status, to_latex
 from theory.concrete import concrete_jacobian_at, statistic_values_at

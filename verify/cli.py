@@ -39,7 +39,7 @@ COMMANDS = {
 class _OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (not usage + error) and exits with 2."""
 
-    def error(self, message: str):  # noqa: D401 - argparse API
+    def error(self, message: str):
         self.exit(2, f"verify: error: {message}; see `python -m verify --help`\n")
 
 

@@ -219,7 +219,7 @@ _MATHTEXT_REWRITES = ((r"\\le(?![A-Za-z])", r"\\leq"), (r"\\ge(?![A-Za-z])", r"\
                       (r"\\tfrac(?![A-Za-z])", r"\\frac"))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def mathtext_svg(latex: str, size: float) -> str | None:
     """Base64 SVG of `latex` drawn by mathtext, or None where mathtext cannot draw it faithfully."""
     source = latex.strip()

@@ -297,8 +297,8 @@ def default_claims() -> tuple[EmpiricalClaim, ...]:
         EmpiricalClaim(
             "bn-faster", "Fig. 1", "BN networks train faster than standard ones at the same learning rate.",
             "BN converges markedly faster (CIFAR-10 VGG, lr 0.1 and 0.5)",
-            f"at every learning rate with both: BN reaches the training-accuracy threshold in every seed and its mean "
-            f"steps to it are fewer than the standard network's (censored at steps done)", bn_faster),
+            "at every learning rate with both: BN reaches the training-accuracy threshold in every seed and its mean "
+            "steps to it are fewer than the standard network's (censored at steps done)", bn_faster),
         EmpiricalClaim(
             "bn-high-lr", "Fig. 1", "At a high learning rate the standard network fails while BN trains.",
             "standard stays at chance at lr 0.5; BN trains",

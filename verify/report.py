@@ -14,8 +14,10 @@ import statistics
 from pathlib import Path
 
 from verify import figures, paper_figures
-from verify.bench import describe as describe_bench, table_rows as bench_table_rows
+from verify.bench import describe as describe_bench
+from verify.bench import table_rows as bench_table_rows
 from verify.document import (
+    TITLE,
     Alert,
     Block,
     Bullets,
@@ -28,7 +30,6 @@ from verify.document import (
     Paragraph,
     Status,
     Strong,
-    TITLE,
     Table,
     Text,
     fmt_accuracy,

@@ -11,7 +11,9 @@ size.
 
 import dataclasses
 
-from theory.normalisers import batchnorm as _batchnorm  # the module, so discovery finds BATCHNORM once
+from theory.normalisers import (
+    batchnorm as _batchnorm,  # the module, so discovery finds BATCHNORM once
+)
 
 # The same forward formula as BatchNorm (shared, not copied); only the axis of its m values differs.
 GROUPNORM = dataclasses.replace(

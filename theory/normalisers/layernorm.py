@@ -12,7 +12,9 @@ beta of the analysed unit as constants, as the paper does.
 
 import dataclasses
 
-from theory.normalisers import batchnorm as _batchnorm  # the module, so discovery finds BATCHNORM once
+from theory.normalisers import (
+    batchnorm as _batchnorm,  # the module, so discovery finds BATCHNORM once
+)
 
 # The same forward formula as BatchNorm (shared, not copied); only the axis of its m values differs.
 LAYERNORM = dataclasses.replace(
