@@ -9,6 +9,7 @@ parse it).
 from __future__ import annotations
 
 import base64
+import contextvars
 import functools
 import html
 import io
@@ -237,13 +238,29 @@ def mathtext_svg(latex: str, size: float) -> str | None:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# The formulas of one render_html call: base64 SVG -> CSS class. A report repeats the same formula for every
+# normaliser (389 formulas, 61 distinct, in the default report), so each SVG is embedded once, in a style rule.
+_MATH_CLASSES: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("math_classes")
+
+
+def _svg_size(svg: str) -> tuple[str, str]:
+    """The width and height attributes of a base64 SVG document (mathtext writes them in pt)."""
+    head = base64.b64decode(svg)[:2000].decode("utf-8", "replace")
+    size = re.search(r'<svg[^>]*?width="([^"]+)"[^>]*?height="([^"]+)"', head, re.S)
+    return (size.group(1), size.group(2)) if size else ("auto", "auto")
+
+
 def _html_math(latex: str, display: bool) -> str:
     svg = mathtext_svg(latex, 16.0 if display else 12.0)
     if svg is None:
         source = html.escape(latex)
         return (f'<pre class="latex" title="LaTeX source (mathtext cannot draw it)"><code>{source}</code></pre>'
                 if display else f'<code class="latex" title="LaTeX source">{source}</code>')
-    img = f'<img class="math" alt="{html.escape(latex)}" title="{html.escape(latex)}" src="data:image/svg+xml;base64,{svg}">'
+    classes = _MATH_CLASSES.get()
+    name = classes.setdefault(svg, f"m{len(classes)}")
+    width, height = _svg_size(svg)
+    img = (f'<span class="math {name}" role="img" aria-label="{html.escape(latex)}" title="{html.escape(latex)}" '
+           f'style="width:{width};height:{height}"></span>')
     return f'<div class="display-math">{img}</div>' if display else img
 
 
@@ -284,7 +301,7 @@ code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:
 pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;border-radius:6px}
 pre code{background:none;padding:0}
 .display-math{text-align:center;margin:.9em 0;overflow-x:auto}
-img.math{vertical-align:middle}
+.math{display:inline-block;vertical-align:middle;background-repeat:no-repeat;background-size:100% 100%}
 figure{margin:1.4em 0;text-align:center}
 figure img{max-width:100%;height:auto;border:1px solid #e5e7eb}
 figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-align:left}
@@ -298,6 +315,17 @@ figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-
 
 
 def render_html(blocks: list[Block], out_dir: Path) -> str:
+    token = _MATH_CLASSES.set({})
+    try:
+        body = _html_body(blocks, out_dir)
+        formulas = "".join(f'.{name}{{background-image:url("data:image/svg+xml;base64,{svg}")}}'
+                           for svg, name in _MATH_CLASSES.get().items())
+    finally:
+        _MATH_CLASSES.reset(token)
+    return _html_page(body, formulas)
+
+
+def _html_body(blocks: list[Block], out_dir: Path) -> list[str]:
     body, seen = [], {}
     for block in blocks:
         if isinstance(block, Heading):
@@ -326,7 +354,11 @@ def render_html(blocks: list[Block], out_dir: Path) -> str:
                         f"<figcaption>{caption}</figcaption></figure>")
         elif isinstance(block, CodeBlock):
             body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+    return body
+
+
+def _html_page(body: list[str], formulas: str) -> str:
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{html.escape(TITLE)}</title><style>{_CSS}</style></head>\n<body>\n"
+            f"<title>{html.escape(TITLE)}</title><style>{_CSS}{formulas}</style></head>\n<body>\n"
             + "\n".join(body) + "\n</body></html>\n")

@@ -8,6 +8,7 @@ nothing here touches global backend state.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from PIL import Image
 
 DPI = 110
 MAX_POINTS_PER_PANEL = 5000  # scatter panels beyond this are subsampled (PNG size, overdraw)
@@ -60,6 +62,16 @@ def norm_colour(norm: str, all_norms: list[str]) -> str:
         return NORM_COLOURS[norm]
     others = [n for n in all_norms if n not in NORM_COLOURS]
     return _OTHER_COLOURS[others.index(norm) % len(_OTHER_COLOURS)]
+
+
+def save_png(fig: Figure, path: Path) -> None:
+    """Write `fig` as a PNG of at most 256 colours: plots hold few colours, and the palette image is about a
+    third of the RGBA one, which matters because the HTML report embeds every figure."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
 
 
 # ---------------------------------------------------------------- small numeric helpers
@@ -243,7 +255,7 @@ def training_curves(out_dir: Path) -> list[Path]:
 
     path = training_curves_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_png(fig, path)
     return [path]
 
 
@@ -342,7 +354,7 @@ def bound_scatter_file(out_dir: Path, normaliser: str, claim: str, checks_file: 
                  f"{SUBSAMPLE_SEED}", fontsize=10)
     path = check_figure_path(out_dir, "bound_scatter", normaliser, claim)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_png(fig, path)
     return path
 
 
@@ -396,7 +408,7 @@ def ratio_histogram_file(out_dir: Path, normaliser: str, claim: str, checks_file
     fig.suptitle(f"{claim} ({normaliser}): ratio measured / bound; ≤ 1 means the bound holds", fontsize=10)
     path = check_figure_path(out_dir, "ratio_histogram", normaliser, claim)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_png(fig, path)
     return path
 
 

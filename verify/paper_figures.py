@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from empirics.runner import load_run
-from verify.figures import DPI, _aligned, _seed_stats, figures_dir, norm_colour
+from verify.figures import DPI, _aligned, _seed_stats, figures_dir, norm_colour, save_png
 
 BASELINE = ("none", "batchnorm")
 
@@ -69,7 +69,7 @@ def _seed_band(runs, key: str, column=None) -> tuple[np.ndarray, np.ndarray, np.
 def _save(fig: Figure, out_dir: Path, name: str) -> Path:
     path = figures_dir(out_dir) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    save_png(fig, path)
     return path
 
 
