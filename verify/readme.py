@@ -80,10 +80,18 @@ def results_block(results: dict, out_dir: str, report_s: float | None = None) ->
     return "\n".join(lines)
 
 
+def bench_markers(bench: dict) -> tuple[str, str]:
+    """The README block of a bench.json: one for the CPU figures, one for the GPU's."""
+    if bench["machine"]["device"] == "cuda":
+        return "<!-- bench-cuda:start -->", "<!-- bench-cuda:end -->"
+    return BENCH_START, BENCH_END
+
+
 def bench_block(bench: dict, out_dir: str) -> str:
     """The README's performance table from a bench.json (`verify.bench`)."""
     device = bench["machine"]["device"]
-    lines = [BENCH_START, "", f"Produced by `python -m verify bench --size {bench['size']} --device {device} "
+    start, end = bench_markers(bench)
+    lines = [start, "", f"Produced by `python -m verify bench --size {bench['size']} --device {device} "
              f"--out {out_dir}`: {describe(bench)}. Ratios are to the pass each figure fundamentally needs "
              "(see `verify/bench.py`); IQR is over the repetitions.", "",
              "| figure | value | IQR | target | met |", "|---|---:|---:|---:|---|"]
@@ -92,7 +100,7 @@ def bench_block(bench: dict, out_dir: str) -> str:
     sync = bench["sync_in_plain_step"]
     if sync["checked"]:
         lines += ["", f"Host-device synchronisations inside a plain training step: {sync['synchronisations']}."]
-    lines += ["", BENCH_END]
+    lines += ["", end]
     return "\n".join(lines)
 
 
@@ -105,11 +113,19 @@ def _replace_block(text: str, start: str, end: str, block: str, readme: Path) ->
 
 
 def update_readme(out_dir: Path, readme: Path) -> None:
-    """Regenerate the results block from DIR/results.json and, if DIR/bench.json exists, the bench block."""
-    results = json.loads((out_dir / "results.json").read_text())
-    text = _replace_block(readme.read_text(), START, END, results_block(results, str(out_dir)), readme)
-    bench_path = out_dir / "bench.json"
+    """Regenerate the results block from DIR/results.json and the bench block of DIR/bench.json's device,
+    whichever of the two DIR holds."""
+    results_path, bench_path = out_dir / "results.json", out_dir / "bench.json"
+    if not results_path.exists() and not bench_path.exists():
+        raise FileNotFoundError(f"{out_dir} holds neither results.json nor bench.json; run `python -m verify all` "
+                                f"or `python -m verify bench` with --out {out_dir} first")
+    text = readme.read_text()
+    if results_path.exists():
+        timings_path = out_dir / "timings.json"  # report_s is recorded after results.json is written
+        report_s = json.loads(timings_path.read_text()).get("report_s") if timings_path.exists() else None
+        block = results_block(json.loads(results_path.read_text()), str(out_dir), report_s)
+        text = _replace_block(text, START, END, block, readme)
     if bench_path.exists():
         bench = json.loads(bench_path.read_text())
-        text = _replace_block(text, BENCH_START, BENCH_END, bench_block(bench, str(out_dir)), readme)
+        text = _replace_block(text, *bench_markers(bench), bench_block(bench, str(out_dir)), readme)
     write_atomic(readme, lambda file: file.write(text.encode()))
