@@ -43,8 +43,11 @@ def gradient_rounding_error(rows: dict[str, np.ndarray], dtype: str) -> np.ndarr
     m = rows["m"].astype(np.float64)
     gamma_m = m * u / (1.0 - m * u)
     centring = 1.0 + np.abs(rows["mean"]) / rows["sigma"]
-    relative = ROUNDING_TERMS * gamma_m * centring * np.abs(rows["gamma"]) / rows["sigma"] * np.sqrt(rows["g_sq"])
-    return relative + ROUNDING_TERMS * np.sqrt(m) * UNDERFLOW[dtype]
+    scale = np.abs(rows["gamma"]) / rows["sigma"]
+    relative = ROUNDING_TERMS * gamma_m * centring * scale * np.sqrt(rows["g_sq"])
+    # underflow happens at g's scale (the batch means of g and g yhat, |yhat| <= sqrt(m)) before the product
+    # with gamma/sigma amplifies it, and at dy's scale after it
+    return relative + ROUNDING_TERMS * np.sqrt(m) * UNDERFLOW[dtype] * (1.0 + np.sqrt(m) * scale)
 
 
 def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
@@ -59,9 +62,10 @@ def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype
     unit of (|gamma|/sigma) ||g||, so the terms carry the centring factor (1 + |mu|/sigma) (a channel
     whose mean dwarfs its spread loses the digits of its spread when centred). So
     ||dy_measured - dy|| <= E with E = ROUNDING_TERMS * gamma_m * (1 + |mu|/sigma) (|gamma|/sigma) ||g||
-    + ROUNDING_TERMS sqrt(m) eta, the last term for entries that underflow to subnormals (each off by at most
-    eta, the dtype's subnormal spacing, per operation), and ||dy|| <= sqrt(RHS) whenever the bound holds,
-    which gives
+    + ROUNDING_TERMS sqrt(m) eta (1 + sqrt(m) |gamma|/sigma), the last term for entries that underflow to
+    subnormals: each operation is off by at most eta, the dtype's subnormal spacing, at g's scale (the means
+    of g and of g yhat, |yhat| <= sqrt(m), which gamma/sigma then amplifies) or at dy's; and ||dy|| <= sqrt(RHS)
+    whenever the bound holds, which gives
     ||dy_measured||^2 <= (sqrt(RHS) + E)^2 = RHS + 2 sqrt(RHS) E + E^2.
     """
     error = gradient_rounding_error(rows, dtype)
@@ -72,8 +76,8 @@ TOLERANCE_REASON = (
     "worst-case rounding bound of the measured float32 gradient: tol = 2 sqrt(RHS) E + E^2 with "
     f"E = {ROUNDING_TERMS} gamma_m (1 + |mu|/sigma) (|gamma|/sigma) ||g||, gamma_m = m u/(1 - m u), u the unit "
     "roundoff of the network's dtype (2^-24 for float32), (1 + |mu|/sigma) the error of the float32 batch mean "
-    f"carried through yhat, plus {ROUNDING_TERMS} sqrt(m) eta for entries in the subnormal range (eta = 2^-149 in "
-    "float32); the bound itself is evaluated in float64"
+    f"carried through yhat, plus {ROUNDING_TERMS} sqrt(m) eta (1 + sqrt(m) |gamma|/sigma) for values in the "
+    "subnormal range (eta = 2^-149 in float32); the bound itself is evaluated in float64"
 )
 
 
