@@ -185,11 +185,18 @@ def test_a_constant_channel_is_checked_with_sigma_sqrt_eps(channel, gamma):
 
 # Found by the thorough profile: a subnormal g whose batch mean (half the smallest subnormal) rounds to 0, an
 # error of eta at g's scale that gamma/sigma = 316 then amplifies; thm4.1 holds (RHS = ||dy||^2 exactly).
-SUBNORMAL_GRADIENT = (np.array([0.0, 0.0], np.float32), np.array([2.0**-149, 0.0], np.float32), 1.0, 1e-5)
+# And a subnormal g on a channel of spread 1e-7: the products g (y - mu) behind <g, yhat> underflow entirely, an
+# error the backward multiplies by (y - mu) gamma / sigma^3 ~ 1e12.
+SUBNORMAL_GRADIENTS = {
+    "mean of g rounds to 0": (np.array([0.0, 0.0], np.float32), np.array([2.0**-149, 0.0], np.float32), 1.0, 1e-5),
+    "g (y - mu) underflows": (np.array([-1e-7, 1e-7], np.float32), np.array([1.5173414e-39, 0.0], np.float32), 1.0,
+                              1e-12),
+}
 
 
-def test_a_subnormal_gradient_is_not_a_false_violation():
-    _assert_correct_verdict(_measure(*SUBNORMAL_GRADIENT))
+@pytest.mark.parametrize("case", sorted(SUBNORMAL_GRADIENTS))
+def test_a_subnormal_gradient_is_not_a_false_violation(case):
+    _assert_correct_verdict(_measure(*SUBNORMAL_GRADIENTS[case]))
 
 
 # Found by the search before the tolerance had its centring factor; in both thm4.1 holds exactly (g constant:

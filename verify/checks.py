@@ -45,9 +45,11 @@ def gradient_rounding_error(rows: dict[str, np.ndarray], dtype: str) -> np.ndarr
     centring = 1.0 + np.abs(rows["mean"]) / rows["sigma"]
     scale = np.abs(rows["gamma"]) / rows["sigma"]
     relative = ROUNDING_TERMS * gamma_m * centring * scale * np.sqrt(rows["g_sq"])
-    # underflow happens at g's scale (the batch means of g and g yhat, |yhat| <= sqrt(m)) before the product
-    # with gamma/sigma amplifies it, and at dy's scale after it
-    return relative + ROUNDING_TERMS * np.sqrt(m) * UNDERFLOW[dtype] * (1.0 + np.sqrt(m) * scale)
+    # underflow: an absolute error eta in any intermediate of the backward, amplified on its way to dy: at dy's
+    # scale by 1; at g's scale (g - mean g) by |gamma|/sigma; at the scale of g (y - mu) (the sum behind
+    # <g, yhat>) by |y_i - mu| |gamma| / sigma^3 <= sqrt(m) |gamma| / sigma^2
+    amplification = 1.0 + np.sqrt(m) * scale * (1.0 + 1.0 / rows["sigma"])
+    return relative + ROUNDING_TERMS * np.sqrt(m) * UNDERFLOW[dtype] * amplification
 
 
 def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
@@ -62,10 +64,11 @@ def float_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype
     unit of (|gamma|/sigma) ||g||, so the terms carry the centring factor (1 + |mu|/sigma) (a channel
     whose mean dwarfs its spread loses the digits of its spread when centred). So
     ||dy_measured - dy|| <= E with E = ROUNDING_TERMS * gamma_m * (1 + |mu|/sigma) (|gamma|/sigma) ||g||
-    + ROUNDING_TERMS sqrt(m) eta (1 + sqrt(m) |gamma|/sigma), the last term for entries that underflow to
-    subnormals: each operation is off by at most eta, the dtype's subnormal spacing, at g's scale (the means
-    of g and of g yhat, |yhat| <= sqrt(m), which gamma/sigma then amplifies) or at dy's; and ||dy|| <= sqrt(RHS)
-    whenever the bound holds, which gives
+    + ROUNDING_TERMS sqrt(m) eta (1 + sqrt(m) (|gamma|/sigma)(1 + 1/sigma)), the last term for values that
+    underflow to subnormals: each operation is off by at most eta, the dtype's subnormal spacing, at dy's
+    scale, at g's (amplified by |gamma|/sigma) or at the scale of g (y - mu) (amplified by up to
+    sqrt(m) |gamma|/sigma^2 through yhat <g, yhat>/m); and ||dy|| <= sqrt(RHS) whenever the bound holds,
+    which gives
     ||dy_measured||^2 <= (sqrt(RHS) + E)^2 = RHS + 2 sqrt(RHS) E + E^2.
     """
     error = gradient_rounding_error(rows, dtype)
@@ -76,8 +79,8 @@ TOLERANCE_REASON = (
     "worst-case rounding bound of the measured float32 gradient: tol = 2 sqrt(RHS) E + E^2 with "
     f"E = {ROUNDING_TERMS} gamma_m (1 + |mu|/sigma) (|gamma|/sigma) ||g||, gamma_m = m u/(1 - m u), u the unit "
     "roundoff of the network's dtype (2^-24 for float32), (1 + |mu|/sigma) the error of the float32 batch mean "
-    f"carried through yhat, plus {ROUNDING_TERMS} sqrt(m) eta (1 + sqrt(m) |gamma|/sigma) for values in the "
-    "subnormal range (eta = 2^-149 in float32); the bound itself is evaluated in float64"
+    f"carried through yhat, plus {ROUNDING_TERMS} sqrt(m) eta (1 + sqrt(m) (|gamma|/sigma)(1 + 1/sigma)) for values "
+    "in the subnormal range (eta = 2^-149 in float32); the bound itself is evaluated in float64"
 )
 
 
