@@ -204,18 +204,21 @@ def ics_figure(out_dir: Path, runs, kind: str) -> list[Path]:
 # ---------------------------------------------------------------- noisy BN (Fig. 2)
 
 
+def _seed_curve(ax, group: list[dict], metric: str, colour: str) -> None:
+    """A training-history metric of one setting: mean over seeds as a line, min..max as a band."""
+    steps, table = _aligned([r["history"] for r in group], "train", metric)
+    mean, low, high = _seed_stats(table)
+    ax.plot(steps, mean, color=colour, linewidth=1.3)
+    ax.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+
+
 def _curves(ax_acc, runs, norms, lr) -> list[str]:
     drawn = []
     for norm in norms:
         group = _select(runs, "vgg1d", norm, lr)
-        if not group:
-            continue
-        steps, table = _aligned([r["history"] for r in group], "train", "acc")
-        mean, low, high = _seed_stats(table)
-        colour = norm_colour(norm, list(norms))
-        ax_acc.plot(steps, mean, color=colour, linewidth=1.3)
-        ax_acc.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
-        drawn.append(norm)
+        if group:
+            _seed_curve(ax_acc, group, "acc", norm_colour(norm, list(norms)))
+            drawn.append(norm)
     ax_acc.set_ylim(-0.02, 1.02)
     ax_acc.set_xlabel("SGD step")
     ax_acc.set_ylabel("training accuracy")
@@ -296,12 +299,8 @@ def dln_loss_figure(out_dir: Path, runs) -> list[Path]:
     for ax, lr in zip(axes, lrs):
         for norm in norms:
             group = _select(runs, "dln", norm, lr)
-            if not group:
-                continue
-            steps, table = _aligned([r["history"] for r in group], "train", "loss")
-            mean, low, high = _seed_stats(table)
-            ax.plot(steps, mean, color=norm_colour(norm, norms), linewidth=1.3)
-            ax.fill_between(steps, low, high, color=norm_colour(norm, norms), alpha=0.2, linewidth=0)
+            if group:
+                _seed_curve(ax, group, "loss", norm_colour(norm, norms))
         _positive_log(ax, *[r["history"]["train"]["loss"] for r in dln if r["history"]["train"]["loss"]])
         ax.set_title(f"lr = {lr:g}")
         ax.set_xlabel("gradient-descent step")
