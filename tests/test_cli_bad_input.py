@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.test_cli import _exit_code
 from tests.test_empirics_cifar_vgg2d import write_fake_cifar10
 from theory import normalisers
 from theory.normalisers import REGISTRY
@@ -26,14 +27,6 @@ from verify import pipeline
 from verify.cli import main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _exit_code(argv: list[str]) -> int:
-    """main()'s exit code, whether argparse exits (usage errors) or main returns (config errors)."""
-    try:
-        return main(argv)
-    except SystemExit as exit_:
-        return exit_.code
 
 
 def _fingerprint(directory: Path) -> dict[str, str]:
