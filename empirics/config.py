@@ -73,6 +73,12 @@ class TrainConfig:
     capture_every: int = 10  # steps between bound captures (hooks exist only on those steps); 10 gives the default
     # preset > 100,000 checked thm4.1 rows (224 BN channels x 101 steps x 6 BN runs)
     probe_every: int = 100  # landscape, ICS, weight-bound and histogram probes of the experiments
+    # landscape and ICS also every early_probe_every steps before early_probe_until (the early window: both
+    # networks still train), and where the smoothed training loss first reaches each progress level (fractions
+    # of the zero-output loss, ln 10 here: 1.96, 1.61, ... 0.12), for comparisons at matched progress
+    early_probe_every: int = 10
+    early_probe_until: int = 100
+    progress_levels: tuple[float, ...] = (0.85, 0.7, 0.55, 0.45, 0.35, 0.27, 0.2, 0.15, 0.1, 0.07, 0.05)
     curvature_every: int = 500  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
     curvature_layers: tuple[int, ...] = (0, -1)  # first and last BN layer (negative: from the end)
 
@@ -90,6 +96,14 @@ class ProbeConfig:
     landscape_multipliers: tuple[float, ...] = (0.5, 1.0, 1.75, 2.5, 3.25, 4.0)
     ics_every: int = 0
     ics_layers: tuple[int, ...] = ()  # layer groups to measure (0-based, empirics.ics.layer_groups); () = all
+    # The comparison probes (landscape, ICS) also run every `early_every` steps before step `early_until`
+    # (the early window in which a fast and a slow network both still train, verify.progress) ...
+    early_every: int = 0
+    early_until: int = 0
+    # ... and at the first step where the run's smoothed training loss reaches each of these fractions of
+    # the zero-output loss (ln 10 for ten classes): every network is probed at the same training losses,
+    # so comparisons can be made at matched progress instead of at matched steps (verify.progress)
+    progress_levels: tuple[float, ...] = ()
     curvature_every: int = 0  # thm4.2 Hessian quadratic forms at BN layers
     curvature_layers: tuple[int, ...] = ()  # BN layer indices (negative from the end); () = all
     weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
@@ -106,6 +120,7 @@ class ProbeConfig:
                 return a_layers if a_every else b_layers if b_every else ()
             return () if not (a_layers and b_layers) else tuple(sorted(set(a_layers) | set(b_layers)))
 
+        comparing = [c for c in (self, other) if c.landscape_every or c.ics_every]
         if self.landscape_every and other.landscape_every and self.landscape_multipliers != other.landscape_multipliers:
             raise ConfigError("two experiments probe the same run with different landscape grids; use one grid")
         multipliers = self.landscape_multipliers if self.landscape_every else other.landscape_multipliers
@@ -118,6 +133,9 @@ class ProbeConfig:
                                     other.curvature_layers),
             weight_bounds_every=finer(self.weight_bounds_every, other.weight_bounds_every),
             histogram_every=finer(self.histogram_every, other.histogram_every),
+            early_every=min((c.early_every for c in comparing if c.early_every), default=0),
+            early_until=max((c.early_until for c in comparing), default=0),
+            progress_levels=tuple(sorted({level for c in comparing for level in c.progress_levels}, reverse=True)),
         )
 
 
@@ -138,6 +156,9 @@ class DLNConfig:
     eval_every: int = 50
     log_every: int = 10
     probe_every: int = 100  # landscape and ICS (layers #9, #17 in the paper)
+    early_probe_every: int = 25  # as TrainConfig's: the early window and the progress levels
+    early_probe_until: int = 100
+    progress_levels: tuple[float, ...] = (0.85, 0.7, 0.55, 0.45, 0.35, 0.27, 0.2, 0.15, 0.1, 0.07, 0.05)
     landscape_multipliers: tuple[float, ...] = (0.01, 0.1, 0.5, 1.0, 3.0, 10.0, 30.0)
 
 

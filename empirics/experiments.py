@@ -8,9 +8,15 @@ carry. Runs asked for by several experiments are trained once, with the union of
     noisy      Fig. 2   {none, BN, noisy BN, noisy none} at the first lr; activation histograms
     ics        Fig. 3   {none, BN} at the first lr; internal covariate shift of every layer
     landscape  Fig. 4   {none, BN} x train.lrs; loss / gradient / beta along the gradient
-    lp         Fig. 11  {BN} + lp_norms (l1, l-inf; l2 in the paper preset) at the first lr; landscape
+    lp         Fig. 11-14  {BN} + lp_norms (l1, l-inf; l2 in the paper preset) at the first lr, landscape; and
+                        the deep linear network with lp_norms x dln.lrs (l1 best on the DLN, Fig. 14)
     bounds     §4       BN x train.lrs; thm4.2 curvature and thm4.4 weight-space terms
     dln        Fig. 3/9 deep linear network {none, BN} x dln.lrs; landscape and ICS
+
+The comparison probes (landscape, ICS) run every probe_every steps, every early_probe_every steps before
+early_probe_until, and where the smoothed training loss first reaches each progress level
+(`empirics.probes.ProgressTrigger`), so that networks converging at different speeds can be compared
+at matched training loss (`verify.progress`).
 """
 
 from __future__ import annotations
@@ -36,12 +42,27 @@ def noisy(config: ExperimentConfig) -> list[RunSpec]:
     return _vgg(config, norms, config.train.lrs[:1], ProbeConfig(histogram_every=config.train.probe_every))
 
 
+def conv_layers(config: ExperimentConfig) -> int:
+    """How many conv layers (each followed by the normaliser) the classification model has."""
+    return {"vgg11": 8, "vgg16": 13}.get(config.model.name, len(config.model.channels))
+
+
+def _comparison(t, **probes) -> ProbeConfig:
+    """Landscape and/or ICS on the schedule of `t` (TrainConfig or DLNConfig): periodic, early, progress levels."""
+    return ProbeConfig(early_every=t.early_probe_every, early_until=t.early_probe_until,
+                       progress_levels=t.progress_levels, **probes)
+
+
 def ics(config: ExperimentConfig) -> list[RunSpec]:
-    return _vgg(config, BASELINE, config.train.lrs[:1], ProbeConfig(ics_every=config.train.probe_every))
+    # every conv layer but the first (layer 1 sees no shift: ICS 0 by definition); never the dense head,
+    # which carries no normaliser (ics.layer_groups: group i is conv i with its normaliser's parameters)
+    layers = tuple(range(1, conv_layers(config)))
+    return _vgg(config, BASELINE, config.train.lrs[:1],
+                _comparison(config.train, ics_every=config.train.probe_every, ics_layers=layers))
 
 
 def _landscape_probes(config: ExperimentConfig) -> ProbeConfig:
-    return ProbeConfig(landscape_every=config.train.probe_every)
+    return _comparison(config.train, landscape_every=config.train.probe_every)
 
 
 def landscape(config: ExperimentConfig) -> list[RunSpec]:
@@ -49,7 +70,12 @@ def landscape(config: ExperimentConfig) -> list[RunSpec]:
 
 
 def lp(config: ExperimentConfig) -> list[RunSpec]:
-    return _vgg(config, (Norm.BATCHNORM, *config.lp_norms), config.train.lrs[:1], _landscape_probes(config))
+    vgg = _vgg(config, (Norm.BATCHNORM, *config.lp_norms), config.train.lrs[:1], _landscape_probes(config))
+    # the DLN with each lp (l2 is BN's formula: the dln experiment's BN run stands for it), no probes:
+    # Fig. 14 compares their training losses
+    dln_norms = [norm for norm in config.lp_norms if norm is not Norm.LP2]
+    return vgg + [RunSpec(config, norm, lr, seed + config.seed_offset, "dln", ProbeConfig())
+                  for lr in config.dln.lrs for norm in dln_norms for seed in config.train.seeds]
 
 
 def bounds(config: ExperimentConfig) -> list[RunSpec]:
@@ -65,7 +91,7 @@ def dln(config: ExperimentConfig) -> list[RunSpec]:
     d = config.dln
     # the paper's layers #9 and #17 of 25, at the same relative depth for other depths
     layers = tuple(sorted({max(0, round(d.depth * k / 25) - 1) for k in (9, 17)}))
-    probes = ProbeConfig(landscape_every=d.probe_every, landscape_multipliers=d.landscape_multipliers,
+    probes = _comparison(d, landscape_every=d.probe_every, landscape_multipliers=d.landscape_multipliers,
                          ics_every=d.probe_every, ics_layers=layers)
     return [RunSpec(config, norm, lr, seed + config.seed_offset, "dln", probes)
             for lr in d.lrs for norm in d.norms for seed in config.train.seeds]

@@ -7,6 +7,10 @@ W^t + Delta, the optimiser's actual step) and ONE batch B, in train() mode (batc
     G'_i = grad_{W_i} L(W_1^t + Delta_1,   ..., W_{i-1}^t + Delta_{i-1}, W_i^t, ..., W_k^t)
     ics_l2[i]  = || G_i - G'_i ||_2        (Euclidean norm of the group's gradients flattened together)
     ics_cos[i] = <G_i, G'_i> / (||G_i|| ||G'_i||)    (nan when either gradient is 0)
+    earlier_update_norm[i] = || (Delta_1, ..., Delta_{i-1}) ||   (the shift that causes G'_i; 0 for i = 1)
+
+Scale-free readings for comparing networks (verify.effects): ics_l2 / grad_norm (relative ICS) and
+ics_l2 / earlier_update_norm (ICS per unit of the earlier layers' update).
 
 Only the groups before i move for G'_i (parameters in no group never move). For i = 1 nothing
 moves, so G'_1 = G_1 exactly (ics_l2 = 0, cos = 1) and it is not recomputed. Reductions in float64.
@@ -98,7 +102,8 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
     update: {name: Delta}; grads: the gradients at `params` on this batch, if already computed (the
     training step's .grad); params: the parameters W^t when the model already holds W^{t+1}.
     measure: indices of the groups to measure (default all); the others still move, at no cost, and
-    report nan. Returns float64 numpy arrays ics_l2, ics_cos, grad_norm (||G_i||), shifted_grad_norm (||G'_i||).
+    report nan. Returns float64 numpy arrays ics_l2, ics_cos, grad_norm (||G_i||), shifted_grad_norm (||G'_i||),
+    earlier_update_norm (||Delta_{<i}||).
     """
     with training_function(model):
         current = parameter_dict(model)
@@ -107,8 +112,9 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
         _validate(layer_params, current, update)
         if grads is None:
             grads = grad(lambda p: training_loss(model, p, x, target, loss_fn))(current)
-        l2, cos, norm, shifted_norm = [], [], [], []
+        l2, cos, norm, shifted_norm, earlier = [], [], [], [], []
         moved = dict(current)  # groups < i displaced by their update as i advances
+        earlier_sq = 0.0  # ||Delta||^2 of the groups before i
         for index, group in enumerate(layer_params):
             # a parameter with no gradient (None .grad: unused by the loss) has G = 0
             g = _flat64([torch.zeros_like(current[name]) if grads.get(name) is None else grads[name]
@@ -125,12 +131,15 @@ def ics(model: nn.Module, loss_fn: LossFn, x: torch.Tensor, target: torch.Tensor
 
                 shifted = grad(group_loss)({name: current[name] for name in group})
                 g_shift = _flat64([shifted[name] for name in group])
+            earlier.append(earlier_sq ** 0.5)
             for name in group:  # move this group before measuring the next
                 moved[name] = current[name] + update[name].detach() if name in update else current[name]
+                if name in update:
+                    earlier_sq += float(torch.sum(update[name].detach().double() ** 2))
             g_norm, s_norm = float(torch.linalg.vector_norm(g)), float(torch.linalg.vector_norm(g_shift))
             l2.append(float(torch.linalg.vector_norm(g - g_shift)))
             norm.append(g_norm)
             shifted_norm.append(s_norm)
             cos.append(float(g @ g_shift) / (g_norm * s_norm) if g_norm > 0 and s_norm > 0 else float("nan"))
     return {"ics_l2": np.array(l2), "ics_cos": np.array(cos), "grad_norm": np.array(norm),
-            "shifted_grad_norm": np.array(shifted_norm)}
+            "shifted_grad_norm": np.array(shifted_norm), "earlier_update_norm": np.array(earlier)}

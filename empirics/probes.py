@@ -34,6 +34,47 @@ def _due(every: int, step: int) -> bool:
     return every > 0 and step % every == 0
 
 
+SMOOTHING_STEPS = 5  # the progress loss: mean of the last 5 training-batch losses (5 logged points, verify.training)
+
+
+class ProgressTrigger:
+    """When a run's smoothed training loss first reaches each of `levels` x (its zero-output loss).
+
+    The smoothed loss at step s is the mean of the batch losses of steps s-4..s (fewer at the start);
+    the zero-output loss, loss_fn(0, target) on the first step's batch, is the loss of a network that
+    outputs zeros: ln(10) for ten-class cross-entropy, mean ||A x||^2 for the deep linear network. It
+    makes the levels one list for every task. Its whole state is plain data (checkpointed with the run).
+    """
+
+    def __init__(self, levels: tuple[float, ...]):
+        self.levels = tuple(sorted(levels, reverse=True))
+        self.recent: list[float] = []
+        self.reference: float | None = None
+        self.next_level = 0
+
+    def smoothed(self) -> float:
+        return float(np.mean(self.recent)) if self.recent else float("nan")
+
+    def update(self, loss: float | None, zero_output_loss) -> int:
+        """Record this step's loss; the index of the deepest level newly reached, or -1."""
+        if loss is None or not self.levels:
+            return -1
+        if self.reference is None:
+            self.reference = float(zero_output_loss())
+        self.recent = [*self.recent[-(SMOOTHING_STEPS - 1):], float(loss)]
+        reached = -1
+        while self.next_level < len(self.levels) and self.smoothed() <= self.levels[self.next_level] * self.reference:
+            reached = self.next_level
+            self.next_level += 1
+        return reached
+
+    def state(self) -> dict:
+        return {"recent": list(self.recent), "reference": self.reference, "next_level": self.next_level}
+
+    def load(self, state: dict) -> None:
+        self.recent, self.reference, self.next_level = list(state["recent"]), state["reference"], state["next_level"]
+
+
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
     """Conv/Linear layers immediately followed by a BatchNorm (thm4.4: y = X W feeds the normaliser)."""
     children = [m for m in model.modules() if not list(m.children())]
@@ -48,18 +89,36 @@ class ProbeRecorder:
         self.groups = ics.layer_groups(model)
         self.tables: dict[str, list[dict]] = {"landscape": [], "ics": [], "curvature": [], "weights": [], "hist": []}
         self._edges: list[np.ndarray] | None = None
+        self.trigger = ProgressTrigger(probes.progress_levels)
+        self._comparison: dict | None = None  # this step's {"step", "progress_loss", "level"} when it probes
+
+    def _comparison_due(self, every: int, step: int) -> bool:
+        """A landscape or ICS probe (`every` its own period) runs at this step: scheduled, early, or triggered."""
+        p = self.probes
+        if not every:
+            return False
+        early = p.early_every > 0 and step < p.early_until and step % p.early_every == 0
+        return _due(every, step) or early or (self._comparison is not None and self._comparison["level"] >= 0)
+
+    def _zero_output_loss(self, x: torch.Tensor, target: torch.Tensor) -> float:
+        with landscape.training_function(self.model), torch.no_grad():
+            return float(self.loss_fn(torch.zeros_like(self.model(x)), target))
 
     def wants_snapshot(self, step: int) -> bool:
-        return _due(self.probes.ics_every, step)
+        return self._comparison_due(self.probes.ics_every, step)
 
     def before_update(self, step: int, x: torch.Tensor, target: torch.Tensor, loss: float | None = None) -> None:
         """Measurements at W^t on this step's batch; .grad holds this step's gradient, `loss` its loss."""
         p, model = self.probes, self.model
-        if _due(p.landscape_every, step):
+        level = self.trigger.update(loss, lambda: self._zero_output_loss(x, target))
+        # every comparison row says where the run stood: the smoothed loss and the level it triggered (-1: none)
+        self._comparison = {"step": step, "progress_loss": self.trigger.smoothed() if self.trigger.recent
+                            else float("nan") if loss is None else float(loss), "level": level}
+        if self._comparison_due(p.landscape_every, step):
             grads = {name: param.grad for name, param in model.named_parameters()}
             result = landscape.landscape_probe(model, self.loss_fn, x, target, self.lr, p.landscape_multipliers,
                                                grads=grads, loss0=loss)
-            self.tables["landscape"].append({"step": step, **result})
+            self.tables["landscape"].append({**self._comparison, **result})
         if _due(p.curvature_every, step):
             layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             chosen = sorted({i % len(layers) for i in p.curvature_layers}) if p.curvature_layers else range(len(layers))
@@ -91,7 +150,15 @@ class ProbeRecorder:
         update = ics.observed_update(before, self.model)
         result = ics.ics(self.model, self.loss_fn, x, target, self.groups, update, grads=grads, params=before,
                          measure=self.probes.ics_layers or None)
-        self.tables["ics"].append({"step": step, **result})
+        self.tables["ics"].append({**self._comparison, **result})
+
+    def state_dict(self) -> dict:
+        """Everything the recorder has accumulated (a checkpoint restores it with load_state_dict)."""
+        return {"tables": self.tables, "edges": self._edges, "trigger": self.trigger.state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tables, self._edges = state["tables"], state["edges"]
+        self.trigger.load(state["trigger"])
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything recorded, as flat `<probe>/<column>` arrays for np.savez."""

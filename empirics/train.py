@@ -220,7 +220,7 @@ def _schedule(spec: RunSpec) -> tuple[int, int, int, int]:
 
 
 CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1  # bump when the checkpoint's content changes; an older one is then ignored
+CHECKPOINT_FORMAT = 2  # bump when the checkpoint's content changes; an older one is then ignored
 
 
 @dataclass
@@ -245,8 +245,7 @@ def _save_checkpoint(path: Path, spec: RunSpec, task: _Task, optimizer, probes: 
         "optimizer": optimizer.state_dict(),
         "generators": {name: generator.get_state() for name, generator in task.generators.items()},
         "batches": task.batches.state_dict(),
-        # the recorder's tables and histogram edges are its whole state (empirics.probes)
-        "probes": {"tables": probes.tables, "edges": probes._edges},
+        "probes": probes.state_dict(),
         "progress": progress,
     }
     write_atomic(path, lambda file: torch.save(state, file))
@@ -273,7 +272,7 @@ def _load_checkpoint(path: Path, spec: RunSpec, task: _Task, optimizer, probes: 
     for name, generator in task.generators.items():
         generator.set_state(state["generators"][name])
     task.batches.load_state_dict(state["batches"])
-    probes.tables, probes._edges = state["probes"]["tables"], state["probes"]["edges"]
+    probes.load_state_dict(state["probes"])
     progress = state["progress"]
     progress.resumed_at.append(progress.next_step)
     return progress
