@@ -300,6 +300,21 @@ def paper_ics_layers(run: dict) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(convs * depth) - 1) for depth in PAPER_ICS_DEPTHS}))
 
 
+# name -> (reading, at the paper's layers or over every measured layer with a normaliser, description)
+ICS_READINGS = {
+    "relative_ics_paper_layers": ("relative", True, "||G - G'|| / ||G|| at the paper's layers"),
+    "raw_ics_paper_layers": ("raw", True, "||G - G'|| at the paper's layers (Fig. 3)"),
+    "ics_per_update_paper_layers": ("per_update", True, "||G - G'|| / ||update of the earlier layers||"),
+    "cosine_distance_paper_layers": ("cosine_distance", True, "1 - cos(G, G') (Fig. 3's cosine, as a distance)"),
+    "relative_ics_all_layers": ("relative", False, "||G - G'|| / ||G|| over every measured layer with a normaliser"),
+}
+
+
+def _ics_metric(name: str, paper_layers: tuple[int, ...]) -> Metric:
+    reading, at_paper_layers, description = ICS_READINGS[name]
+    return ics_metric(name, description, reading, paper_layers if at_paper_layers else None)
+
+
 def _ics(kind: str):
     def evaluate(runs: Runs) -> tuple[str, dict]:
         measured, verdicts = {}, []
@@ -309,16 +324,10 @@ def _ics(kind: str):
                 continue
             layers = paper_ics_layers(run_pairs[0][0])
             threshold = Threshold("above", SIMILAR_OR_LARGER)
-            decided = compare_metric(run_pairs, ics_metric("relative_ics_paper_layers", f"||G - G'|| / ||G|| at "
-                                                           f"layer groups {list(layers)}", "relative", layers), threshold)
-            supporting = [compare_metric(run_pairs, ics_metric(*spec), threshold) for spec in (
-                ("raw_ics_paper_layers", f"||G - G'|| at layer groups {list(layers)} (the paper's Fig. 3)", "raw", layers),
-                ("ics_per_update_paper_layers", "||G - G'|| / ||Delta of the earlier layers||", "per_update", layers),
-                ("cosine_distance_paper_layers", "1 - cos(G, G') (the paper's cosine, as a distance)",
-                 "cosine_distance", layers),
-                ("relative_ics_all_layers", "||G - G'|| / ||G|| over every measured layer with a normaliser",
-                 "relative", None))]
-            measured[f"lr={lr:g}"] = {"decided_by": decided, "supporting": supporting, "layers": list(layers)}
+            decided, *others = (compare_metric(run_pairs, _ics_metric(name, layers), threshold) for name in ICS_READINGS)
+            supporting = list(others)
+            measured[f"lr={lr:g}"] = {"decided_by": decided, "supporting": supporting, "layers": list(layers),
+                                      "kind": kind, "lr": lr, "pair": ["batchnorm", "none"]}
             verdicts.append(decided["verdict"])
         measured["headline"] = "; ".join(f"lr {k[3:]}: relative ICS BN/none {_axes_text(v['decided_by'])}"
                                          for k, v in measured.items()) or "no ICS probes"
@@ -339,7 +348,7 @@ def _landscape(kind: str, decided: Metric, supporting: tuple[Metric, ...], a: st
                 continue
             threshold = Threshold("above", 1.0)
             comparison = compare_metric(run_pairs, decided, threshold)
-            measured[f"lr={lr:g}"] = {"decided_by": comparison,
+            measured[f"lr={lr:g}"] = {"decided_by": comparison, "kind": kind, "lr": lr, "pair": [a, b],
                                       "supporting": [compare_metric(run_pairs, m, threshold) for m in supporting]}
             verdicts.append(comparison["verdict"])
         text = [f"lr {k[3:]}: {decided.name} {a}/{b} {_axes_text(v['decided_by'])}" for k, v in measured.items()]
@@ -359,6 +368,12 @@ GRAD_CHANGE_RAW = landscape_metric("grad_change", "max over eta of ||grad L(x - 
 BETA_SPIKES = landscape_metric("beta_p90", "90th percentile over probes of the effective beta (Fig. 4c: spikiness)",
                                "beta_eff", aggregate="p90")
 BETA_MEDIAN = landscape_metric("beta_median", "median effective beta (Fig. 4c's level)", "beta_eff")
+
+
+def metric_named(name: str, run: dict) -> Metric:
+    """The comparison metric a claim record names (figures redraw it from the runs); ICS ones at `run`'s layers."""
+    static = {m.name: m for m in (LOSS_RANGE, LOSS_RANGE_RAW, GRAD_CHANGE, GRAD_CHANGE_RAW, BETA_SPIKES, BETA_MEDIAN)}
+    return static[name] if name in static else _ics_metric(name, paper_ics_layers(run))
 
 
 def lp_trains_like_bn(runs: Runs) -> tuple[str, dict]:

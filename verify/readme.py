@@ -14,6 +14,7 @@ from pathlib import Path
 
 from empirics.storage import write_atomic
 from verify.bench import describe, table_rows
+from verify.summary import claim_rows
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -29,15 +30,18 @@ def _cell(text) -> str:
     return str(text).replace("|", "\\|")
 
 
-def claims_lines(claims: list[dict]) -> list[str]:
-    """The empirical-claims table: id, paper figure, verdict, the measured headline, the paper's magnitude."""
-    if not claims:
+def claims_lines(results: dict) -> list[str]:
+    """The empirical-claims table, from the one summary the report uses too (`verify.summary`)."""
+    rows = claim_rows(results)
+    if not rows:
         return []
-    lines = ["", "Empirical claims of the paper (criteria in `verify/effects.py` and the report):", "",
-             "| claim | paper | verdict | measured | the paper reports |", "|---|---|---|---|---|"]
-    for claim in claims:
-        lines.append(f"| `{claim['id']}` | {claim['figure']} | **{claim['verdict']}** | "
-                     f"{_cell((claim.get('measured') or {}).get('headline') or '—')} | {_cell(claim['paper'])} |")
+    lines = ["", "Empirical claims of the paper (ratios: geometric mean over paired seeds [95% bootstrap interval]; "
+             "criteria in `verify/effects.py` and the report):", "",
+             "| claim | verdict | at matched loss | early window | whole run | paper's side | the paper |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['id']}` | **{r['verdict']}** | {_cell(r['matched'])} | {_cell(r['early'])} | "
+                     f"{_cell(r['whole'])} | {_cell(r['threshold'])} | {_cell(r['paper'])} ({_cell(r['source'])}) |")
     return lines
 
 
@@ -75,7 +79,7 @@ def results_block(results: dict, out_dir: str, report_s: float | None = None) ->
         lines.append(f"| {row['lr']:g} | {row['norm']} | {row['n_seeds']} | {steps} ({row['n_reached']}/"
                      f"{row['n_seeds']} reached) | {row['final_train_acc_mean']:.3f} ± {row['final_train_acc_std']:.3f} "
                      f"| {row['final_test_acc_mean']:.3f} ± {row['final_test_acc_std']:.3f} | {row['n_diverged']} |")
-    lines += claims_lines(results.get("claims") or [])
+    lines += claims_lines(results)
     lines += ["", END]
     return "\n".join(lines)
 

@@ -13,9 +13,10 @@ import os
 import statistics
 from pathlib import Path
 
-from verify import figures, paper_figures
+from verify import claim_figures, figures, paper_figures
 from verify.bench import describe as describe_bench
 from verify.bench import table_rows as bench_table_rows
+from verify.summary import claim_row
 from verify.document import (
     TITLE,
     Alert,
@@ -397,24 +398,34 @@ def _environment_section(results: dict, out_dir: Path) -> list[Block]:
 
 
 def _claims_table(claims: list[dict]) -> Table:
-    return table(["claim", "paper", "verdict", "measured", "the paper reports"],
-                 [[Code(str(c.get("id"))), str(c.get("figure", "—")), Status(str(c.get("verdict", "—"))),
-                   str((c.get("measured") or {}).get("headline") or "—"), str(c.get("paper", "—"))] for c in claims])
+    rows = [claim_row(c) for c in claims]
+    return table(["claim", "verdict", "at matched loss", "early window", "whole run", "paper's side", "the paper"],
+                 [[Code(r["id"]), Status(r["verdict"]), r["matched"], r["early"], r["whole"], r["threshold"],
+                   f"{r['paper']} ({r['source']})"] for r in rows])
 
 
-def _claims_section(results: dict) -> list[Block]:
+def _claims_section(results: dict, out_dir: Path, claim_figure_paths: list[Path]) -> list[Block]:
     claims = results.get("claims") or []
     if not claims:
         return []
     blocks: list[Block] = [Heading(2, "Empirical claims of the paper"), Paragraph(parts(
-        "Each claim's verdict is computed from the runs by the criterion below, fixed in `verify/effects.py` before "
-        "any result was seen: reproduced when every part holds, not reproduced when none does, mixed otherwise, "
-        "not measured when the runs it needs are absent. Steps to the accuracy threshold of a run that never "
-        "reaches it count as the steps it ran; ratios are of means over seeds; the full measured values, per seed, "
-        "are in results.json under `claims`.")), _claims_table(claims)]
+        "Each claim is decided by the criterion below, fixed in `verify/effects.py` before any result was seen. "
+        "Runs are paired by seed; each ratio is the geometric mean over seeds with its 95% bootstrap interval. "
+        "Reproduced: the interval lies on the paper's side of the threshold; not reproduced: on the other side; "
+        "inconclusive otherwise or with fewer than 3 seeds. Landscape and ICS claims are read at matched training "
+        "loss and in the early window where both networks still train; both must agree. The whole-run ratio, the "
+        "paper's own reading, is shown beside them: it mixes smoothness with convergence (a converged network has "
+        "tiny gradients). Censored steps (a run that never reaches the accuracy threshold) bound a ratio on one "
+        "side only. Per-seed values are in results.json under `claims`.")), _claims_table(claims)]
+    by_id = {path.name[len("claim__"):-len(".png")]: path for path in claim_figure_paths}
     for claim in claims:
         blocks.append(Paragraph(parts(Strong(f"{claim.get('id')}"), f" ({claim.get('figure')}): "
-                                      f"{claim.get('statement')} Criterion: {claim.get('criterion')}.")))
+                                      f"{claim.get('statement')} Criterion: {claim.get('criterion')}. Measured: "
+                                      f"{(claim.get('measured') or {}).get('headline', '—')}.")))
+        if claim.get("id") in by_id:
+            blocks.append(FigureBlock(by_id[claim["id"]].relative_to(out_dir).as_posix(),
+                                      f"{claim['id']}: the deciding metric of every run against training step (left) and "
+                                      "against training loss (right)"))
     return blocks
 
 
@@ -493,10 +504,11 @@ def build_document(results: dict, out_dir: Path, figure_paths: list[Path]) -> li
     paper = [p for p in figure_paths if p.parent == figures.figures_dir(out_dir) and p.name.startswith(
         tuple(_PAPER_FIGURE_CAPTIONS))]
     claims = results.get("claims") or []
+    claim_paths = [p for p in figure_paths if p.name.startswith("claim__")]
     summary = _summary_section(verdicts) + ([Paragraph(parts(Strong("Empirical claims:"))), _claims_table(claims)]
                                             if claims else [])
     return (_summary_paragraph(results, verdicts) + summary + _theory_section(verdicts)
-            + _measured_section(results, verdicts, out_dir) + _claims_section(results)
+            + _measured_section(results, verdicts, out_dir) + _claims_section(results, out_dir, claim_paths)
             + _training_section(results, out_dir, curves) + _paper_figures_section(out_dir, paper)
             + _performance_section(out_dir) + _environment_section(results, out_dir))
 
@@ -512,7 +524,7 @@ def draw_figures(out_dir: Path, processes: int | None = None) -> list[Path]:
     Drawing is CPU-bound rendering (constrained layout, PNG encoding) and the figures share no state, so
     one process per core divides the report's drawing time by the cores. `processes=1` draws in this process.
     """
-    jobs = figures.drawing_jobs(out_dir) + paper_figures.drawing_jobs(out_dir)
+    jobs = figures.drawing_jobs(out_dir) + paper_figures.drawing_jobs(out_dir) + claim_figures.drawing_jobs(out_dir)
     processes = min(len(jobs), processes or os.cpu_count() or 1)
     if processes <= 1:
         return [path for function, args in jobs for path in function(*args)]

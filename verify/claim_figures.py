@@ -1,0 +1,106 @@
+"""One figure per compared empirical claim: the deciding metric of each run against training step and against
+training loss, so a reader sees the convergence confound the matched-progress axis removes (reads only).
+
+Inputs: `DIR/results.json` (the claims and the runs that belong to the report) and the runs' probes.
+Outputs: `DIR/figures/claim__<claim id>.png`, one row per compared learning rate (or normaliser):
+    left   the metric at every probe against the training step (log scale: the fast network's matched
+           probes all lie in its first hundred steps)
+    right  the same probes against the smoothed training loss at the probe (high loss left: training
+           proceeds to the right); filled markers are the probes taken where a progress level was reached
+The title of each row gives the ratio and its 95% interval on each axis, and the paper's side.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from verify import progress
+from verify.effects import metric_named, pairs
+from verify.figures import DPI, figures_dir, norm_colour, save_png
+from verify.paper_figures import load_report_runs
+from verify.statistics import interval_text
+
+NAMES = {"none": "standard", "batchnorm": "BN"}
+
+
+def comparisons_of(measured: dict) -> list[dict]:
+    """Every comparison record with a deciding metric inside a claim's measured values (nested for l_p)."""
+    found = []
+    for value in measured.values():
+        if isinstance(value, dict):
+            found += [value] if "decided_by" in value else comparisons_of(value)
+    return found
+
+
+def _draw_runs(ax_step, ax_loss, group: list[dict], metric, colour: str) -> None:
+    for run in group:
+        series = progress.metric_series(run, metric)
+        if series is None:
+            continue
+        ok = np.isfinite(series["value"]) & (series["value"] > 0)
+        steps, loss, value, level = series["step"][ok], series["progress_loss"][ok], series["value"][ok], series["level"][ok]
+        ax_step.plot(steps + 1, value, color=colour, alpha=0.45, linewidth=0.9, marker="o", markersize=2)
+        order = np.argsort(steps)
+        ax_loss.plot(loss[order], value[order], color=colour, alpha=0.3, linewidth=0.8)
+        triggered = level >= 0
+        ax_loss.scatter(loss[triggered], value[triggered], color=colour, s=14, zorder=3)
+        ax_loss.scatter(loss[~triggered], value[~triggered], facecolors="none", edgecolors=colour, s=10, alpha=0.6)
+
+
+def _row_title(comparison: dict) -> str:
+    decided = comparison["decided_by"]
+    a, b = (NAMES.get(n, n) for n in comparison["pair"])
+    axes = decided["axes"]
+    parts = [f"{axis} {interval_text(axes[axis]['interval'], 2)}" for axis in progress.AXES if axis in axes]
+    return (f"{comparison['kind']}, lr {comparison['lr']:g}: {a} / {b} of {decided['metric']} ({decided['aggregate']}); "
+            f"paper's side {decided['threshold']}; verdict {decided['verdict']}\n" + "; ".join(parts))
+
+
+def claim_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
+    comparisons = comparisons_of(record.get("measured") or {})
+    if not comparisons:
+        return []
+    fig = Figure(figsize=(12.0, 3.9 * len(comparisons) + 0.6), dpi=DPI, layout="constrained")
+    grid = fig.subplots(len(comparisons), 2, squeeze=False)
+    for (ax_step, ax_loss), comparison in zip(grid, comparisons):
+        kind, lr, norms = comparison["kind"], comparison["lr"], comparison["pair"]
+        run_pairs = pairs(runs, kind, norms[0], norms[1], lr)
+        if not run_pairs:
+            continue
+        metric = metric_named(comparison["decided_by"]["metric"], run_pairs[0][0])
+        for index, norm in enumerate(norms):
+            _draw_runs(ax_step, ax_loss, [pair[index] for pair in run_pairs], metric, norm_colour(norm, list(norms)))
+        for ax in (ax_step, ax_loss):
+            ax.set_yscale("log")
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            ax.set_ylabel(metric.description, fontsize=8)
+        ax_step.set_xlabel("training step + 1")
+        ax_loss.set_xlabel("smoothed training loss at the probe (training proceeds to the right)")
+        ax_loss.invert_xaxis()
+        ax_step.set_title(_row_title(comparison), fontsize=8, loc="left")
+        ax_loss.set_title("filled: probes where a progress level was reached (the matched axis)", fontsize=8, loc="left")
+    all_norms = sorted({n for c in comparisons for n in c["pair"]}, key=lambda n: (n != "none", n != "batchnorm", n))
+    fig.legend(handles=[Line2D([], [], color=norm_colour(n, all_norms), marker="o", label=NAMES.get(n, n))
+                        for n in all_norms], loc="outside lower center", ncols=len(all_norms), fontsize=8)
+    fig.suptitle(f"{record['id']} ({record['figure']}): {record['statement']} One line per seed.", fontsize=10)
+    path = figures_dir(out_dir) / f"claim__{record['id']}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(fig, path)
+    return [path]
+
+
+def claim_figures(out_dir: Path) -> list[Path]:
+    """The figure of every compared claim in DIR/results.json, in claim order."""
+    results = json.loads((Path(out_dir) / "results.json").read_text())
+    runs = load_report_runs(out_dir)
+    return [path for record in results.get("claims") or [] for path in claim_figure(out_dir, runs, record)]
+
+
+def drawing_jobs(out_dir: Path) -> list[tuple]:
+    return [(claim_figures, (out_dir,))]
