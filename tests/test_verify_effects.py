@@ -265,3 +265,15 @@ def test_every_claim_evaluates_to_a_record_on_no_runs():
     assert {r["verdict"] for r in records} == {NOT_MEASURED}
     assert all({"id", "verdict", "measured", "paper", "paper_source", "criterion"} <= set(r) for r in records)
     assert len({r["paper"] for r in records if r["id"].startswith(("smoother", "predictive", "lower"))}) == 3
+
+
+def test_stability_comparison_counts_agreeing_verdicts_and_changed_runs():
+    from verify.stability import compare_results
+
+    run = {"kind": "vgg1d", "norm": "none", "lr": 0.1, "seed": 0, "final_train_loss": 0.5}
+    first = {"claims": [{"id": "a", "verdict": REPRODUCED}, {"id": "b", "verdict": INCONCLUSIVE}], "training": [run]}
+    second = {"claims": [{"id": "a", "verdict": REPRODUCED}, {"id": "b", "verdict": NOT_REPRODUCED}],
+              "training": [{**run, "final_train_loss": 0.7}]}
+    comparison = compare_results(first, second)
+    assert (comparison["agreeing"], comparison["total"]) == (1, 2)
+    assert comparison["runs_changed"] == [["vgg1d", "none", 0.1, 0]]

@@ -23,7 +23,7 @@ from empirics.runner import CorruptRunError
 from empirics.train import resolve_device
 from theory.normalisers import REGISTRY, load_normaliser_file
 from theory.wellformed import check_well_formed
-from verify import bench, pipeline
+from verify import bench, pipeline, stability
 from verify.readme import update_readme
 
 COMMANDS = {
@@ -33,6 +33,8 @@ COMMANDS = {
     "report": "check the derived bounds on the captured runs; write DIR/results.json and DIR/report.{md,html}",
     "readme": "rewrite README.md's generated results block from DIR/results.json",
     "bench": "time the probes and captures against the passes they need; write DIR/bench.json",
+    "stability": "run `all` with 1 and with 2 threads per run (another float summation order) and compare the "
+                 "verdicts; write DIR/threads1, DIR/threads2, DIR/stability.json",
 }
 
 
@@ -74,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-TRAINING_COMMANDS = ("all", "empirics")
+TRAINING_COMMANDS = ("all", "empirics", "stability")
 
 
 def resolve_config(args: argparse.Namespace):
@@ -163,6 +165,11 @@ def run(args: argparse.Namespace) -> None:
     load_normaliser_files(args.normaliser_files)
     normalisers = _normalisers(args.norms)
     check_output_dir(out_dir)
+    if args.command == "stability":
+        for line in stability.describe(stability.run_stability(config, args.preset, out_dir,
+                                                               progress=not args.no_progress)):
+            print(line)
+        return
     pipeline.write_config(config, args.preset, out_dir)  # the first write of any stage
     if args.command in ("all", "theory"):
         pipeline.stage_theory(out_dir, normalisers)
