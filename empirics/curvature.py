@@ -22,12 +22,12 @@ Per-channel cost: a quadratic form u_c^T A u_c with u nonzero in every channel w
 cross-channel blocks A_cc' (the downstream layers couple channels), so each channel gets its own
 Hessian-vector product, 4 C of them for one layer (3 C through L at z, C through L-hat at y). They
 are exact and vectorised: torch.func.vmap over the C masked directions, `chunk_size` of them at a
-time bounding memory; `vectorize=False` loops instead. HVPs are reverse over reverse (the gradient of
-<grad f, u>): forward-over-reverse measured no faster, and torch's forward-mode decompositions
-emit a torch.jit deprecation warning. Measured (VGG-1d default, batch 128, one CPU thread), per HVP
-in units of one training forward+backward: first BN layer (C = 16, whole net downstream) 1.1-1.3
-vmapped, 2.3-2.5 looped; last BN layer (C = 64) 0.2 vmapped, 0.65 looped; so one layer costs
-~50-85 forward+backwards. Only bn_second_order needs one
+time (on a CPU few enough to stay in cache: `CHUNK_ELEMENTS`); `vectorize=False` loops instead. HVPs
+are reverse over reverse (the vjp of grad f, whose graph is built once per function): forward-over-reverse
+measured no faster, and torch's forward-mode decompositions emit a torch.jit deprecation warning.
+Measured (VGG-1d default, batch 128, one CPU thread), per HVP in units of one training forward+backward:
+first BN layer (C = 16, whole net downstream) ~0.8 vmapped in chunks of 25; last BN layer (C = 64)
+~0.1; so the first layer costs ~55 forward+backwards and the last ~30. Only bn_second_order needs one
 HVP for all channels: BN acts channel by channel, so that Hessian is block diagonal and the
 per-channel sums of v * (Hess v) are exact.
 
@@ -124,10 +124,22 @@ def _jacobian_vector_product(fn: Callable[[torch.Tensor], torch.Tensor], at: tor
     return grad(lambda w: torch.sum(pullback(w)[0] * u))(torch.zeros_like(out))
 
 
-# Directions per vmapped HVP call when the caller gives no chunk_size: about 2^25 activation values in flight
-# (the stacked directions, their HVPs and the double-precision products), so a VGG-1d layer goes in one call
-# while VGG-16's first layer (128 x 64 x 32 x 32 values) takes 4 directions at a time instead of 192.
-CHUNK_ELEMENTS = 2**25
+# Directions per vmapped HVP call when the caller gives no chunk_size: about this many activation values of the
+# stacked directions in flight, per device type. On a GPU 2^25 bounds memory: VGG-16's first layer (128 x 64 x
+# 32 x 32 values) takes 4 directions at a time instead of 192. On a CPU the batched double backward must stay
+# in cache: measured on the VGG-1d default (one thread, per HVP, in training forward+backwards), the first BN
+# layer's 48 output-side directions cost 0.8 at 16-32 a chunk but 2-3 at all 48 (2^25 values put them in one
+# chunk, making a curvature probe 3-4x slower); 2^21 values (25 directions of 128 x 16 x 40) is near the best
+# for every layer.
+CHUNK_ELEMENTS = {"cpu": 2**21, "cuda": 2**25}
+
+
+def _chunk(at: torch.Tensor, chunk_size: int | None) -> int:
+    """Directions per vmapped call: chunk_size, or CHUNK_ELEMENTS of at's device type over at's size."""
+    if chunk_size:
+        return chunk_size
+    budget = CHUNK_ELEMENTS.get(at.device.type, CHUNK_ELEMENTS["cuda"])
+    return max(1, budget // max(at.numel(), 1))
 
 
 def _masked_directions(directions: list[torch.Tensor], rows: range) -> torch.Tensor:
@@ -144,13 +156,16 @@ def _per_channel_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: 
                                  chunk_size: int | None) -> np.ndarray:
     """(D, C) float64: u_c^T (d^2 f / dat_c^2) u_c for each direction u and channel c (one HVP each).
 
-    The D * C masked directions are built and consumed `chunk_size` at a time (default: CHUNK_ELEMENTS
-    activation values' worth), so memory stays bounded on large layers."""
+    The D * C masked directions are built and consumed `chunk_size` at a time (default: `_chunk`), so
+    memory stays bounded on large layers. The gradient of f and its graph are formed once and every
+    chunk differentiates it again: H u = vjp of grad f with cotangent u (H is symmetric), the same
+    operations as `hessian_vector_product` without repeating the first forward+backward per chunk."""
     total = len(directions) * at.shape[1]
-    chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(at.numel(), 1))
+    chunk = _chunk(at, chunk_size)
+    _, pullback = vjp(grad(f), at)  # u -> (H u,), reusable: the first-order graph is kept
 
     def hvp(u: torch.Tensor) -> torch.Tensor:
-        return hessian_vector_product(f, at, u)
+        return pullback(u)[0]
 
     forms = []
     for start in range(0, total, chunk):
