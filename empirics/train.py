@@ -39,6 +39,7 @@ from .data import load_mnist1d
 from .dln import build_dln, dln_loss, synthetic_regression
 from .models import build_model, norm_layers
 from .norms import norm_factory
+from .phases import PhaseClock
 from .probes import ProbeRecorder
 from .storage import strict_json, write_atomic, write_json
 from .vgg2d import build_vgg2d
@@ -161,6 +162,7 @@ class TrainResult:
     history: dict  # the content of history.json (floats may be non-finite)
     captures: dict[str, np.ndarray]  # the content of captures.npz
     probes: dict[str, np.ndarray] = field(default_factory=dict)  # the content of probes.npz
+    phases: PhaseClock = field(default_factory=PhaseClock)  # where the time went (empirics.phases); not saved
 
 
 @dataclass
@@ -278,15 +280,19 @@ def _load_checkpoint(path: Path, spec: RunSpec, task: _Task, optimizer, probes: 
     return progress
 
 
-def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = None) -> TrainResult:
+def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = None,
+                clock: PhaseClock | None = None) -> TrainResult:
     """Train one run in memory; a non-finite loss stops it cleanly with `diverged_at` set.
 
     With `checkpoint` (a file path) the run resumes from it if it holds this run's state, and writes
-    it every `config.checkpoint_every` updates (0: never).
+    it every `config.checkpoint_every` updates (0: never). `clock` (a fresh one if None) receives the
+    time of every phase and step (empirics.phases); it is returned as TrainResult.phases.
     """
+    clock = clock if clock is not None else PhaseClock()
     validate(spec.config)
     device = resolve_device(spec.config.device)
-    task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, device)
+    with clock.phase("setup"):
+        task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, device)
     model = task.model
     steps, eval_every, log_every, capture_every = _schedule(spec)
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0, weight_decay=0.0)
@@ -310,7 +316,9 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
                total=steps)
     for step in bar:
         if step % eval_every == 0:
-            record_test(step)
+            with clock.phase("eval"):
+                record_test(step)
+        step_started = clock.now()
         indices = next(task.batches).to(device)
         xb, yb = task.x_train[indices], task.y_train[indices]  # (batch, 1, 40), (batch,) for VGG
         capturing = capture is not None and (step % capture_every == 0 or step == steps - 1)
@@ -323,35 +331,45 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
             finite = math.isfinite(loss_value)
             if finite:
                 loss.backward()
+        step_seconds = clock.now() - step_started  # the step's own work; the update is added below
 
         if step % log_every == 0 or step == steps - 1 or not finite:
-            train_log["step"].append(step)
-            train_log["loss"].append(loss_value)
-            train_log["acc"].append(_correct(logits.detach(), yb).float().mean().item() if task.classifies else None)
+            with clock.phase("log"):
+                train_log["step"].append(step)
+                train_log["loss"].append(loss_value)
+                train_log["acc"].append(_correct(logits.detach(), yb).float().mean().item() if task.classifies
+                                        else None)
         if not finite:
             diverged_at = step
             break
         state.last_finite = {"step": step, "loss": loss_value}
         if capturing:
-            capture_chunks.append(capture.collect(step))
-        probes.before_update(step, xb, yb, loss_value)
-        before = ({n: p.detach().clone() for n, p in model.named_parameters()}
-                  if probes.wants_snapshot(step) else None)
-        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} if before is not None else None
+            with clock.phase("capture_collect"):
+                capture_chunks.append(capture.collect(step))
+        with clock.phase("probes"):
+            probes.before_update(step, xb, yb, loss_value)
+            before = ({n: p.detach().clone() for n, p in model.named_parameters()}
+                      if probes.wants_snapshot(step) else None)
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()} if before is not None else None
+        update_started = clock.now()
         optimizer.step()
+        clock.step(step_seconds + clock.now() - update_started, captured=capturing)
         if before is not None:
-            probes.after_update(step, xb, yb, before, grads)
+            with clock.phase("probes"):
+                probes.after_update(step, xb, yb, before, grads)
         steps_done = step + 1
         if checkpoint_every and steps_done % checkpoint_every == 0 and steps_done < steps:
             at = dataclasses.replace(state, next_step=steps_done, wall_s=state.wall_s + time.perf_counter() - started)
-            _save_checkpoint(checkpoint, spec, task, optimizer, probes, at)
+            with clock.phase("checkpoint"):
+                _save_checkpoint(checkpoint, spec, task, optimizer, probes, at)
         if progress and step % log_every == 0:
             bar.set_postfix(loss=f"{loss_value:.3g}")
     bar.close()
 
-    if not test_log["step"] or test_log["step"][-1] != steps_done:  # a divergence may land on an eval step
-        record_test(steps_done)
-    final_train = evaluate(model, task.x_train, task.y_train, task.loss_fn)
+    with clock.phase("eval"):
+        if not test_log["step"] or test_log["step"][-1] != steps_done:  # a divergence may land on an eval step
+            record_test(steps_done)
+        final_train = evaluate(model, task.x_train, task.y_train, task.loss_fn)
     history = {
         "train": train_log,
         "test": test_log,
@@ -367,15 +385,18 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
         "device": str(device),
         "backend": _backend_flags(),
     }
-    return TrainResult(model=model, history=history, captures=concat_rows(capture_chunks), probes=probes.arrays())
+    return TrainResult(model=model, history=history, captures=concat_rows(capture_chunks), probes=probes.arrays(),
+                       phases=clock)
 
 
-def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
+def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, clock: PhaseClock | None = None) -> dict:
     """Train one run and write spec.json, history.json, captures.npz, probes.npz, then the `done` marker.
 
     Resumes from the directory's checkpoint when it holds one of this run, and deletes it once the
-    run is done. Returns the history as written (non-finite floats as None).
+    run is done. Returns the history as written (non-finite floats as None). `clock`, if given, receives
+    the phases of `train_model` and "write", the time taken by the files.
     """
+    clock = clock if clock is not None else PhaseClock()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "done").unlink(missing_ok=True)  # a rerun is incomplete until it finishes
@@ -384,10 +405,11 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True) -> dict:
         {"run_id": spec.run_id, "kind": spec.kind, "norm": spec.norm.value, "lr": spec.lr, "seed": spec.seed,
          "probes": to_dict(spec.probes), "config": to_dict(spec.config)},
     )
-    result = train_model(spec, progress=progress, checkpoint=out_dir / CHECKPOINT)
-    write_json(out_dir / "history.json", result.history)
-    write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
-    write_atomic(out_dir / "probes.npz", lambda file: np.savez(file, **result.probes))
-    write_atomic(out_dir / "done", lambda file: None)
+    result = train_model(spec, progress=progress, checkpoint=out_dir / CHECKPOINT, clock=clock)
+    with clock.phase("write"):
+        write_json(out_dir / "history.json", result.history)
+        write_atomic(out_dir / "captures.npz", lambda file: np.savez(file, **result.captures))
+        write_atomic(out_dir / "probes.npz", lambda file: np.savez(file, **result.probes))
+        write_atomic(out_dir / "done", lambda file: None)
     (out_dir / CHECKPOINT).unlink(missing_ok=True)  # the finished files supersede it
     return strict_json(result.history)
