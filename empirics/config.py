@@ -53,8 +53,11 @@ class ModelConfig:
     vgg11 / vgg16: the 2-D VGGs for CIFAR-10 (empirics.vgg2d), widths scaled by width_multiplier."""
 
     name: str = "vgg1d"  # "vgg1d" | "vgg11" | "vgg16"
-    channels: tuple[int, ...] = (16, 16, 32, 32, 64, 64)  # vgg1d only; ~15 ms per SGD step at batch 128, one core
-    hidden: int = 256  # vgg1d only
+    # vgg1d only. 8-8-16-16-32-32 with a 128-unit head: ~9 ms per SGD step at batch 128 on one core here, half
+    # of 16-16-32-32-64-64 (~17 ms), so that 5 paired seeds of every compared configuration fit the default
+    # preset's 300 s; the behaviours the paper's claims rest on are the same at both widths (README)
+    channels: tuple[int, ...] = (8, 8, 16, 16, 32, 32)
+    hidden: int = 128
     width_multiplier: float = 1.0  # vgg11 / vgg16 only
 
 
@@ -62,14 +65,14 @@ class ModelConfig:
 class TrainConfig:
     """Plain SGD (no momentum, no weight decay) on cross-entropy, fixed batch size, Glorot init."""
 
-    steps: int = 1000
+    steps: int = 600
     batch_size: int = 128
     lrs: tuple[float, ...] = (0.1, 0.5)
     norms: tuple[Norm, ...] = (Norm.NONE, Norm.BATCHNORM)
-    seeds: tuple[int, ...] = (0, 1)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # paired across normalisers: verdicts need >= 3 (verify.statistics)
     bn_eps: float = 1e-5  # PyTorch's BatchNorm default
     eval_every: int = 50  # steps between test-set evaluations
-    log_every: int = 10  # steps between recorded training loss/accuracy points
+    log_every: int = 1  # steps between recorded training loss/accuracy points (steps to threshold to the step)
     capture_every: int = 10  # steps between bound captures (hooks exist only on those steps); 10 gives the default
     # preset > 100,000 checked thm4.1 rows (224 BN channels x 101 steps x 6 BN runs)
     probe_every: int = 100  # landscape, ICS, weight-bound and histogram probes of the experiments
@@ -79,7 +82,7 @@ class TrainConfig:
     early_probe_every: int = 10
     early_probe_until: int = 100
     progress_levels: tuple[float, ...] = (0.85, 0.7, 0.55, 0.45, 0.35, 0.27, 0.2, 0.15, 0.1, 0.07, 0.05)
-    curvature_every: int = 500  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
+    curvature_every: int = 300  # thm4.2 Hessian forms: ~50-85 forward+backwards per BN layer, so sparse
     curvature_layers: tuple[int, ...] = (0, -1)  # first and last BN layer (negative: from the end)
 
 
@@ -250,13 +253,6 @@ PRESETS: dict[str, ExperimentConfig] = {
 }
 
 
-def run_specs(config: ExperimentConfig) -> list[RunSpec]:
-    """Every run the config's experiments need, merged and in a stable order (empirics.experiments)."""
-    from .experiments import plan  # experiments builds on this module
-
-    return plan(config)
-
-
 def to_dict(obj) -> dict:
     """Plain JSON-able dict of a config dataclass (enums by value, tuples as lists)."""
 
@@ -327,46 +323,3 @@ def _override_path(obj, path: list[str], text: str, full_key: str):
         sub = [f.name for f in dataclasses.fields(current)]
         raise ConfigError(f"config key {full_key!r} is a section; set one of its keys: {', '.join(sub)}")
     return dataclasses.replace(obj, **{head: _parse_value(text, hints[head], full_key)})
-
-
-def validate(config: ExperimentConfig) -> ExperimentConfig:
-    """Reject values no run can use, with the rule and the fix."""
-    t = config.train
-    if t.steps < 1:
-        raise ConfigError(f"train.steps={t.steps} must be >= 1; give a positive number of steps")
-    if any(lr <= 0 for lr in t.lrs):
-        raise ConfigError(f"train.lrs={list(t.lrs)} must all be > 0; give positive learning rates")
-    specs = run_specs(config)  # also rejects unknown experiments
-    batch_statistics = sorted({s.norm.value for s in specs if s.norm in BATCH_STATISTICS and s.kind == "vgg1d"})
-    if t.batch_size < 2 and batch_statistics:
-        raise ConfigError(
-            f"train.batch_size={t.batch_size} is below 2, where the batch statistics of {', '.join(batch_statistics)} "
-            "are undefined; use >= 2"
-        )
-    d = config.dln
-    if d.steps < 1 or any(lr <= 0 for lr in d.lrs):
-        raise ConfigError(f"dln.steps={d.steps} must be >= 1 and dln.lrs={list(d.lrs)} all > 0; fix them")
-    if d.samples < 2 and any(s.norm in BATCH_STATISTICS for s in specs if s.kind == "dln"):
-        raise ConfigError(f"dln.samples={d.samples} is below 2, where batch statistics are undefined; use >= 2")
-    for key in ("eval_every", "log_every", "capture_every"):
-        if getattr(t, key) < 1:
-            raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
-    if t.bn_eps <= 0:
-        raise ConfigError(f"train.bn_eps={t.bn_eps} must be > 0 (torch rejects eps = 0 in training mode)")
-    if config.checkpoint_every < 0:
-        raise ConfigError(f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 turns checkpoints off)")
-    if config.threads < 0 or config.workers < 1:
-        raise ConfigError(f"threads={config.threads} must be >= 0 and workers={config.workers} >= 1")
-    if config.data.name not in ("mnist1d", "cifar10"):
-        raise ConfigError(f"data.name={config.data.name!r} is not known; use mnist1d or cifar10")
-    if config.model.name not in ("vgg1d", "vgg11", "vgg16"):
-        raise ConfigError(f"model.name={config.model.name!r} is not known; use vgg1d, vgg11 or vgg16")
-    if (config.model.name == "vgg1d") != (config.data.name == "mnist1d"):
-        raise ConfigError(f"model {config.model.name} does not fit data {config.data.name}: "
-                          "use vgg1d with mnist1d, vgg11/vgg16 with cifar10")
-    if config.data.name == "cifar10" and not config.data.root:
-        raise ConfigError("CIFAR-10 needs its local folder: give --data-root DIR (the cifar-10-batches-py "
-                          "folder or its parent); it cannot be downloaded here")
-    if not config.model.channels or any(c < 1 for c in config.model.channels):
-        raise ConfigError(f"model.channels={list(config.model.channels)} must be positive integers")
-    return config

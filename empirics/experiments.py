@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 
-from .config import ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
+from .config import BATCH_STATISTICS, ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
 
 BASELINE = (Norm.NONE, Norm.BATCHNORM)
 
@@ -121,3 +121,51 @@ def runs_of(config: ExperimentConfig, experiment: str, specs: list[RunSpec]) -> 
     """The merged runs that serve `experiment` (for the report's per-figure selection)."""
     wanted = {(s.kind, s.norm, s.lr, s.seed) for s in EXPERIMENTS[experiment](config)}
     return [s for s in specs if (s.kind, s.norm, s.lr, s.seed) in wanted]
+
+
+def run_specs(config: ExperimentConfig) -> list[RunSpec]:
+    """Every run the config's experiments need, merged and in a stable order."""
+    return plan(config)
+
+
+def validate(config: ExperimentConfig) -> ExperimentConfig:
+    """Reject values no run can use, with the rule and the fix."""
+    t = config.train
+    if t.steps < 1:
+        raise ConfigError(f"train.steps={t.steps} must be >= 1; give a positive number of steps")
+    if any(lr <= 0 for lr in t.lrs):
+        raise ConfigError(f"train.lrs={list(t.lrs)} must all be > 0; give positive learning rates")
+    specs = plan(config)  # also rejects unknown experiments
+    batch_statistics = sorted({s.norm.value for s in specs if s.norm in BATCH_STATISTICS and s.kind == "vgg1d"})
+    if t.batch_size < 2 and batch_statistics:
+        raise ConfigError(
+            f"train.batch_size={t.batch_size} is below 2, where the batch statistics of {', '.join(batch_statistics)} "
+            "are undefined; use >= 2"
+        )
+    d = config.dln
+    if d.steps < 1 or any(lr <= 0 for lr in d.lrs):
+        raise ConfigError(f"dln.steps={d.steps} must be >= 1 and dln.lrs={list(d.lrs)} all > 0; fix them")
+    if d.samples < 2 and any(s.norm in BATCH_STATISTICS for s in specs if s.kind == "dln"):
+        raise ConfigError(f"dln.samples={d.samples} is below 2, where batch statistics are undefined; use >= 2")
+    for key in ("eval_every", "log_every", "capture_every"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key}={getattr(t, key)} must be >= 1")
+    if t.bn_eps <= 0:
+        raise ConfigError(f"train.bn_eps={t.bn_eps} must be > 0 (torch rejects eps = 0 in training mode)")
+    if config.checkpoint_every < 0:
+        raise ConfigError(f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 turns checkpoints off)")
+    if config.threads < 0 or config.workers < 1:
+        raise ConfigError(f"threads={config.threads} must be >= 0 and workers={config.workers} >= 1")
+    if config.data.name not in ("mnist1d", "cifar10"):
+        raise ConfigError(f"data.name={config.data.name!r} is not known; use mnist1d or cifar10")
+    if config.model.name not in ("vgg1d", "vgg11", "vgg16"):
+        raise ConfigError(f"model.name={config.model.name!r} is not known; use vgg1d, vgg11 or vgg16")
+    if (config.model.name == "vgg1d") != (config.data.name == "mnist1d"):
+        raise ConfigError(f"model {config.model.name} does not fit data {config.data.name}: "
+                          "use vgg1d with mnist1d, vgg11/vgg16 with cifar10")
+    if config.data.name == "cifar10" and not config.data.root:
+        raise ConfigError("CIFAR-10 needs its local folder: give --data-root DIR (the cifar-10-batches-py "
+                          "folder or its parent); it cannot be downloaded here")
+    if not config.model.channels or any(c < 1 for c in config.model.channels):
+        raise ConfigError(f"model.channels={list(config.model.channels)} must be positive integers")
+    return config

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from . import train
 from .capture import ROW_KEYS
-from .config import ExperimentConfig, RunSpec, run_specs, validate
+from .config import ExperimentConfig, RunSpec
+from .experiments import run_specs, validate
 from .storage import write_json
 
 RECOVERED = "recovered_runs.json"  # in out_dir: the runs set aside as corrupt and recomputed

@@ -34,7 +34,8 @@ from tqdm import tqdm
 
 from .capture import BoundCapture, concat_rows
 from .cifar import load_cifar10
-from .config import ConfigError, Device, RunSpec, to_dict, validate
+from .config import ConfigError, Device, RunSpec, to_dict
+from .experiments import validate
 from .data import load_mnist1d
 from .dln import build_dln, dln_loss, synthetic_regression
 from .models import build_model, norm_layers

@@ -12,7 +12,8 @@ import torch
 
 from empirics import runner, train
 from empirics.capture import ROW_KEYS
-from empirics.config import PRESETS, ConfigError, Device, Norm, RunSpec, run_specs
+from empirics.config import PRESETS, ConfigError, Device, Norm, RunSpec
+from empirics.experiments import run_specs
 from empirics.storage import strict_json
 from empirics.train import evaluate, resolve_device, train_model, train_run
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from empirics import runner
-from empirics.config import PRESETS, Device, Norm, run_specs
+from empirics.config import PRESETS, Device, Norm
+from empirics.experiments import run_specs
 from verify import pipeline
 from verify.cli import main
 

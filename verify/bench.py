@@ -50,7 +50,8 @@ from torch import nn
 
 from empirics import curvature, ics, landscape
 from empirics.capture import BoundCapture, batchnorm_layers
-from empirics.config import PRESETS, Norm, ProbeConfig, run_specs
+from empirics.config import PRESETS, Norm, ProbeConfig
+from empirics.experiments import run_specs
 from empirics.models import build_model
 from empirics.norms import norm_factory
 from empirics.probes import ProbeRecorder

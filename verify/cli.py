@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from empirics.cifar import load_cifar10, locate_cifar10
-from empirics.config import PRESETS, ConfigError, Device, override, run_specs, validate
+from empirics.config import PRESETS, ConfigError, Device, override
+from empirics.experiments import run_specs, validate
 from empirics.runner import CorruptRunError
 from empirics.train import resolve_device
 from theory.normalisers import REGISTRY, load_normaliser_file

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirics.config import ExperimentConfig, run_specs, to_dict
+from empirics.config import ExperimentConfig, to_dict
+from empirics.experiments import run_specs
 from empirics.runner import load_run, recovered_runs, run_all, run_dir
 from empirics.storage import write_atomic, write_json
 from empirics.train import resolve_device

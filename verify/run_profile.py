@@ -27,7 +27,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from empirics import activations, curvature, ics, landscape, train, weight_bounds
-from empirics.config import PRESETS, Norm, RunSpec, run_specs
+from empirics.config import PRESETS, Norm, RunSpec
+from empirics.experiments import run_specs
 from empirics.phases import PhaseClock
 
 RUN_KINDS = (Norm.BATCHNORM, Norm.LP1, Norm.NOISY_BATCHNORM)
