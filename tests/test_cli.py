@@ -74,3 +74,10 @@ def test_smoke_pipeline_writes_every_output_and_they_parse(tmp_path):
     assert "data:image/png;base64" in html and 'src="http' not in html
     assert (out / "report.md").read_text().startswith("#")
     assert (out / "figures" / "training_curves.png").stat().st_size > 0
+    # the closing lines, the report and the README block: one summary, digit for digit
+    from verify.readme import results_block
+    from verify.summary import headline_lines
+
+    readme, report = results_block(results, str(out)), (out / "report.md").read_text().replace("\\", "")
+    for line in headline_lines(results):
+        assert line in completed.stdout and line in report and line in readme, line

@@ -130,7 +130,7 @@ def _measure(y: np.ndarray, g: np.ndarray, gamma: float, eps: float) -> dict[str
 
 
 def _assert_correct_verdict(rows: dict[str, np.ndarray]) -> None:
-    claim = checks.activation_bound_claim("thm4.1")
+    claim = checks.activation_bound_check("thm4.1")
     evaluated = checks.check_rows(claim, rows, "float32")
     held = evaluated["held"]
     violated = evaluated["violated"]
@@ -165,7 +165,7 @@ def test_thm41_check_gives_no_false_violation_and_no_nan_in_degenerate_regions(r
 def test_zero_gradient_gives_both_sides_zero_and_no_ratio(channel, gamma):
     y, eps = channel
     rows = _measure(y, np.zeros(len(y), dtype=np.float32), gamma, eps)
-    evaluated = checks.check_rows(checks.activation_bound_claim("thm4.1"), rows, "float32")
+    evaluated = checks.check_rows(checks.activation_bound_check("thm4.1"), rows, "float32")
     assert evaluated["lhs"].tolist() == [0.0] and evaluated["rhs"].tolist() == [0.0]
     assert not evaluated["violated"].any()
     summary = checks.summarise(evaluated)

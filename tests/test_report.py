@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from verify import figures
+from verify import figures, summary
+from verify.readme import results_block
 from verify.report import build_document, render_html, render_markdown, write_report
+from verify.report.bounds import BOUNDS_HEADING
+from verify.report.claims import CLAIMS_HEADING
+from verify.report.statements import MATRIX_HEADING
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -46,6 +50,43 @@ def _theory() -> dict:
             },
         }
     }
+
+
+def _with_shared_normaliser(theory: dict) -> dict:
+    """layernorm repeats batchnorm's thm4.1 (declared) and its printed form (identical record, undeclared);
+    its third statement is one batchnorm lacks, with a status this report does not know."""
+    batchnorm = theory["batchnorm"]
+    theory["layernorm"] = {"thm4.1": {**batchnorm["thm4.1"], "same_statement_as": "batchnorm"},
+                           "thm4.1-printed": dict(batchnorm["thm4.1-printed"]),
+                           "thm4.4-per-layer": {"status": "undecided", "statement_latex": "x \\le y",
+                                                "evidence": "a status from the future"}}
+    return theory
+
+
+def _interval(ratio: float, low: float, high: float, n: int = 5) -> dict:
+    return {"n": n, "dropped": 0, "per_seed": [ratio] * n, "ratio": ratio, "ci": [low, high]}
+
+
+def _claims() -> list[dict]:
+    axes = {axis: {"interval": _interval(ratio, ratio / 2, ratio * 2), "verdict": "reproduced"}
+            for axis, ratio in (("matched", 7.7), ("early", 7.5), ("whole", 7.0))}
+    return [
+        {"id": "bn-faster", "figure": "Fig. 1", "statement": "BN networks train faster.", "paper": "markedly sooner",
+         "paper_source": "Fig. 1 (a, b)", "criterion": "none / BN steps above 1", "threshold": "> 1",
+         "verdict": "reproduced", "measured": {"lr=0.1": {"metric": "steps", "threshold": "> 1",
+                                                          "interval": _interval(1.8, 1.2, 2.5), "verdict": "reproduced"},
+                                               "headline": "lr 0.1: none/BN steps 1.8x"}},
+        {"id": "smoother-loss", "figure": "Fig. 4a", "statement": "BN's loss is smoother.",
+         "paper": "the standard network's loss band spikes to ~10", "paper_source": "Fig. 4 (a)",
+         "criterion": "none / BN loss range above 1", "threshold": "> 1", "verdict": "not reproduced",
+         "measured": {"lr=0.1": {"decided_by": {"metric": "loss_range", "aggregate": "median", "threshold": "> 1",
+                                                "axes": axes, "verdict": "reproduced"},
+                                 "kind": "vgg1d", "lr": 0.1, "pair": ["none", "batchnorm"]},
+                      "headline": "lr 0.1: matched 7.7x"}},
+        {"id": "bn-high-lr", "figure": "Fig. 1", "statement": "At a high lr only BN trains.", "paper": "chance",
+         "paper_source": "Fig. 1 (b)", "criterion": "...", "threshold": None, "verdict": "not measured",
+         "measured": {"headline": "needs at least two learning rates"}},
+    ]
 
 
 def _check_record(claim: str, layer: int, violations: int, status: str) -> dict:
@@ -110,7 +151,8 @@ def make_output_dir(root: Path, proved_violations: int = 0) -> Path:
                         "device": "cpu", "dtype": "float32", "seeds": [0], "git_revision": "abc123",
                         "platform": "linux", "deterministic_algorithms": False, "tf32_matmul": False,
                         "tf32_cudnn": False, "num_threads": 2},
-        "theory": _theory(),
+        "theory": _with_shared_normaliser(_theory()),
+        "claims": _claims(),
         "checks": [_check_record("thm4.1", 0, proved_violations, "proved"),
                    _check_record("thm4.1", 1, 0, "proved"),
                    _check_record("thm4.1-printed", 0, 3, "refuted")],
@@ -226,8 +268,7 @@ def test_markdown_and_html_list_the_same_headings(clean_report):
     md_headings = _headings_md(paths["md"].read_text())
     assert md_headings == _headings_html(paths["html"].read_text())
     titles = [text for level, text in md_headings if level == 2]
-    for section in ("Summary table", "Theory", "Measured checks", "Training", "Environment and reproduction"):
-        assert any(t.startswith(section) for t in titles), f"section {section!r} missing: {titles}"
+    assert titles[:3] == [CLAIMS_HEADING, MATRIX_HEADING, BOUNDS_HEADING] and "Details" in titles
 
 
 def test_latex_is_rendered_or_shown_as_source(clean_report):
@@ -273,8 +314,8 @@ def test_text_is_escaped_in_html_and_table_cells_stay_whole_in_markdown(clean_re
     page = paths["html"].read_text()
     assert "equality iff epsilon = 0 or &lt;g, yhat&gt; = 0" in page
     assert "<g, yhat>" not in page
-    md_rows = [line for line in paths["md"].read_text().splitlines() if line.startswith("| `batchnorm` | `thm4.1")]
-    assert len(md_rows) == 2 and all(len(re.findall(r"(?<!\\)\|", row)) == 10 for row in md_rows)  # 9 cells
+    md_rows = [line for line in paths["md"].read_text().splitlines() if line.startswith("| `thm4.1")]
+    assert md_rows and all(len(re.findall(r"(?<!\\)\|", row)) == row.count(" | ") + 2 for row in md_rows)
 
 
 def test_ratios_near_one_keep_their_deviation_visible():
@@ -307,3 +348,68 @@ def test_report_tolerates_missing_optional_fields_and_unknown_claims(tmp_path):
         text = path.read_text()
         assert "thm4.2" in text and "layernorm" in text and "BUG" not in text
     assert "--preset <preset>" in paths["md"].read_text()
+
+
+# ---------------------------------------------------------------- the reader's order and the one summary
+
+
+def _outside_details(markdown: str) -> list[str]:
+    lines, depth = [], 0
+    for line in markdown.splitlines():
+        depth += line.startswith("<details>") - line.startswith("</details>")
+        if depth == 0:
+            lines.append(line)
+    return lines
+
+
+def test_claims_and_matrix_come_first_and_rows_stay_short(clean_report):
+    _, paths = clean_report
+    text = paths["md"].read_text()
+    lines = text.splitlines()
+    assert lines.index(f"## {MATRIX_HEADING}") < lines.index(f"## {BOUNDS_HEADING}") < 80
+    assert lines.index(f"## {CLAIMS_HEADING}") < lines.index(f"## {MATRIX_HEADING}")
+    rows = [line for line in _outside_details(text) if line.startswith("|")]
+    assert rows and max(map(len, rows)) <= 300
+    assert text.count("<details>") == text.count("</details>") >= 3
+
+
+def test_shared_formula_is_derived_once_and_unknown_status_shown_as_is(clean_report):
+    _, paths = clean_report
+    text = paths["md"].read_text()
+    assert "### thm4.1: batchnorm, layernorm" in text and "### thm4.1-printed: batchnorm, layernorm" in text
+    assert "### thm4.1 (layernorm)" not in text
+    assert "**undecided —**" in text  # a status without a glyph keeps its word; no measured rows: —
+
+
+def test_matrix_cells_carry_evidence_on_hover_and_link_to_the_derivation(clean_report):
+    _, paths = clean_report
+    page = paths["html"].read_text()
+    assert 'href="#thm41-batchnorm-layernorm"' in page and 'id="thm41-batchnorm-layernorm"' in page
+    assert 'title="thm4.1 (layernorm): proved; measured violations/rows —; same statement as batchnorm' in page
+
+
+def test_readme_report_and_cli_summaries_agree(clean_report):
+    out, paths = clean_report
+    results = json.loads((out / "results.json").read_text())
+    readme = results_block(results, str(out)).replace("\\", "")  # Markdown escapes [ ] < > |
+    report = paths["md"].read_text().replace("\\", "")
+    for line in summary.headline_lines(results):
+        assert line in report and line in readme
+    for row in summary.claim_rows(results):
+        cells = f"| **{row.verdict}** | {row.measured} | {row.seeds or '—'} |"
+        assert cells in readme and cells in report
+
+
+def test_statement_groups_follow_same_statement_as_then_identical_records():
+    theory = _with_shared_normaliser(_theory())
+    theory["groupnorm"] = {"thm4.1": {**theory["batchnorm"]["thm4.1"], "evidence": "another proof"}}
+    groups = {(g.statement, g.normalisers) for g in summary.statement_groups({"theory": theory})}
+    assert ("thm4.1", ("batchnorm", "layernorm")) in groups and ("thm4.1", ("groupnorm",)) in groups
+    assert ("thm4.1-printed", ("batchnorm", "layernorm")) in groups
+
+
+def test_bound_rows_use_one_median_and_one_ratio_format():
+    results = {"checks": [{"claim": "thm4.1", "normaliser": "batchnorm", "n_checked": 10, "n_violations": 0,
+                           "worst_ratio": 1 + 1e-8, "median_ratio": m} for m in (1 - 7e-9, 1 - 6e-9, 1 - 5e-9)]}
+    (row,) = summary.bound_rows(results)
+    assert row.median == figures.format_ratio(1 - 6e-9) and row.n_checked == 30

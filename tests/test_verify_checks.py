@@ -26,7 +26,7 @@ def captured_rows():
 
 
 def test_thm41_has_no_violation_on_float32_captures(captured_rows):
-    evaluated = checks.check_rows(checks.activation_bound_claim("thm4.1"), captured_rows, "float32")
+    evaluated = checks.check_rows(checks.activation_bound_check("thm4.1"), captured_rows, "float32")
     summary = checks.summarise(evaluated)
     assert summary["n_checked"] == len(captured_rows["lhs"]) > 0
     assert summary["n_violations"] == 0
@@ -35,20 +35,20 @@ def test_thm41_has_no_violation_on_float32_captures(captured_rows):
 
 
 def test_printed_thm41_is_violated_on_the_same_captures(captured_rows):
-    evaluated = checks.check_rows(checks.activation_bound_claim("thm4.1-printed"), captured_rows, "float32")
+    evaluated = checks.check_rows(checks.activation_bound_check("thm4.1-printed"), captured_rows, "float32")
     assert checks.summarise(evaluated)["n_violations"] > 0
 
 
 def test_a_measured_gradient_one_percent_too_large_is_a_violation(captured_rows):
     """The tolerance is far below 1% of the bound here, so a 1% error in dL/dy cannot hide in it."""
     inflated = {**captured_rows, "lhs": captured_rows["lhs"] * 1.01**2}
-    evaluated = checks.check_rows(checks.activation_bound_claim("thm4.1"), inflated, "float32")
+    evaluated = checks.check_rows(checks.activation_bound_check("thm4.1"), inflated, "float32")
     summary = checks.summarise(evaluated)
     assert summary["n_violations"] == summary["n_checked"]
 
 
 def test_tolerance_scales_with_the_dtype(captured_rows):
-    claim = checks.activation_bound_claim("thm4.1")
+    claim = checks.activation_bound_check("thm4.1")
     rhs = claim.bound(captured_rows)
     tol32 = checks.float_rounding_tolerance(captured_rows, rhs, "float32")
     tol64 = checks.float_rounding_tolerance(captured_rows, rhs, "float64")
@@ -58,7 +58,7 @@ def test_tolerance_scales_with_the_dtype(captured_rows):
 def test_rows_violating_an_assumption_are_not_counted_as_checked(captured_rows):
     rows = {**captured_rows, "eps": captured_rows["eps"].copy()}
     rows["eps"][:3] = -1.0
-    summary = checks.summarise(checks.check_rows(checks.activation_bound_claim("thm4.1"), rows, "float32"))
+    summary = checks.summarise(checks.check_rows(checks.activation_bound_check("thm4.1"), rows, "float32"))
     assert summary["n_assumptions_failed"] == 3
     assert summary["n_checked"] == len(rows["lhs"]) - 3
 
@@ -119,7 +119,7 @@ def test_every_weight_row_finds_its_capture(measured_run):
 
 
 def test_thm44_per_unit_holds_and_a_one_percent_excess_is_caught(measured_run):
-    claim = checks.weight_per_unit_claim()
+    claim = checks.weight_per_unit_check()
     rows = measured_run["weights"]
     summary = _summary(claim, rows)
     assert summary["n_checked"] == len(rows["step"]) and summary["n_violations"] == 0
@@ -129,21 +129,21 @@ def test_thm44_per_unit_holds_and_a_one_percent_excess_is_caught(measured_run):
 
 def test_thm44_minimax_reading_is_tight_and_the_printed_form_is_computed(measured_run):
     rows = measured_run["weights"]
-    consistent = _summary(checks.minimax_weight_claim("thm4.4"), rows)
+    consistent = _summary(checks.minimax_weight_check("thm4.4"), rows)
     assert consistent["n_violations"] == 0
     assert abs(consistent["median_ratio"] - 1) < 1e-4  # lambda^2 ||v||^2 = lambda^2 RHS_4.1 up to eps
-    printed = _summary(checks.minimax_weight_claim("thm4.4-printed"), rows)
+    printed = _summary(checks.minimax_weight_check("thm4.4-printed"), rows)
     assert printed["n_checked"] == consistent["n_checked"]
 
 
 def test_obs43_matched_scale_gradient_is_never_larger(measured_run):
-    summary = _summary(checks.matched_scale_claim(), measured_run["captures"])
+    summary = _summary(checks.matched_scale_check(), measured_run["captures"])
     assert summary["n_violations"] == 0 and summary["worst_ratio"] <= 1 + 1e-4
 
 
 def test_thm42_first_form_is_an_identity_up_to_eps_and_rounding(measured_run):
     rows = measured_run["curvature"]
-    summary = _summary(checks.smoothness_claim("thm4.2"), rows)
+    summary = _summary(checks.smoothness_check("thm4.2"), rows)
     assert summary["n_checked"] == len(rows["step"]) > 0
     assert summary["n_violations"] == 0
     assert set(summary["conditions_held"]) == {c.name for c in checks.SMOOTHER_CONDITIONS}
@@ -151,6 +151,6 @@ def test_thm42_first_form_is_an_identity_up_to_eps_and_rounding(measured_run):
 
 def test_thm42b_violations_occur_only_where_reading_r1_fails(measured_run):
     """At eps ~ 0, LHS - RHS_b = (gamma^2/sigma^2)(v^T H v - g^T H g): R1 is the exact condition."""
-    evaluated = checks.check_rows(checks.smoothness_claim("thm4.2b"), measured_run["curvature"], "float32")
+    evaluated = checks.check_rows(checks.smoothness_check("thm4.2b"), measured_run["curvature"], "float32")
     r1 = evaluated["condition:" + checks.READING_R1.name]
     assert not np.any(evaluated["violated"] & r1)

@@ -1,4 +1,7 @@
-"""Claims as data, and checking as a pure function from (claims, measurements) to verdicts.
+"""Bound checks as data, and checking as a pure function from (bound checks, measurements) to verdicts.
+
+A *bound check* is one formal statement (a `statement id` such as thm4.1, derived in `theory/`) evaluated as
+`measured <= bound` on the rows of trained networks; the paper's *empirical claims* are `verify.effects`'.
 
 A measurement table is a dict of equal-length float64/int64 arrays, one row per measured
 (step, layer, channel) of one run. `measurement_tables` builds the three a run can hold:
@@ -8,7 +11,7 @@ A measurement table is a dict of equal-length float64/int64 arrays, one row per 
     weights     thm4.4 weight-gradient terms of the layers feeding a BN (`empirics.weight_bounds`),
                 joined to the capture of the same (step, layer, channel) for the thm4.1 invariants
 
-A `Claim` says which table it reads, which callable from `theory.numeric` gives the bound, which
+A `BoundCheck` says which table it reads, which callable from `theory.numeric` gives the bound, which
 column is the measured side, how the tolerance is derived and why, which assumptions of the
 statement must hold on a row (rows where one fails are not checked), and which *conditions* are
 only measured (how often they hold, and the violations among rows where they all hold: thm4.2's
@@ -125,8 +128,8 @@ ACTIVATION_ASSUMPTIONS = (
 
 
 @dataclass(frozen=True)
-class Claim:
-    """One inequality `measured <= bound` to check on captured rows."""
+class BoundCheck:
+    """One statement's inequality `measured <= bound`, checked on captured rows; `id` is the statement id."""
 
     id: str
     normaliser: str
@@ -139,10 +142,10 @@ class Claim:
     conditions: tuple[Assumption, ...] = ()  # measured, not required: frequency and violations under them
 
 
-def activation_bound_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
+def activation_bound_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
     """thm4.1 and its variants: ||dL/dy||^2 <= (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - c <g,yhat>^2)."""
     rhs = numeric.activation_bound(claim_id, normaliser)
-    return Claim(
+    return BoundCheck(
         id=claim_id,
         normaliser=normaliser,
         measured="lhs",
@@ -160,13 +163,13 @@ def _invariants(rows: dict) -> tuple:
     return rows["g_sq"], rows["g_sum"], rows["g_yhat"], rows["m"].astype(np.float64), rows["gamma"], rows["sigma"]
 
 
-def matched_scale_claim(normaliser: str = "batchnorm") -> Claim:
+def matched_scale_check(normaliser: str = "batchnorm") -> BoundCheck:
     """obs4.3 measured: at gamma = sigma, beta = mu the BN layer reproduces the standard network's
     activations (proved), and its Jacobian still removes the <1,g> and <g,yhat> components, so
     (sigma^2/gamma^2) ||dL-hat/dy||^2 <= ||g||^2 = ||dL/dy|| of the standard network there. Checked in
     the original units, ||dL-hat/dy||^2 <= (gamma^2/sigma^2) ||g||^2; the ratio is the fraction of the
     gradient's energy the normaliser keeps."""
-    return Claim(
+    return BoundCheck(
         id="obs4.3", normaliser=normaliser, measured="lhs",
         bound=lambda rows: rows["gamma"] ** 2 / rows["sigma"] ** 2 * rows["g_sq"],
         tolerance=float_rounding_tolerance, tolerance_reason=TOLERANCE_REASON, assumptions=ACTIVATION_ASSUMPTIONS,
@@ -207,7 +210,7 @@ SMOOTHER_CONDITIONS = (
 READING_R1 = Assumption("reading R1: v^T H v <= g^T H g", lambda rows: rows["hess_out_v"] <= rows["hess_out_g"])
 
 
-def smoothness_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
+def smoothness_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
     """thm4.2 (first form) and thm4.2b (second form) on one BN channel, as typed in `theory.smoothness`."""
     rhs = numeric.smoothness_bound(claim_id)
 
@@ -220,7 +223,7 @@ def smoothness_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
     first_term = {"thm4.2": lambda rows: g2s2(rows) * rows["hess_out_v"],
                   "thm4.2b": lambda rows: g2s2(rows) * rows["hess_out_g"]}[claim_id]
     conditions = SMOOTHER_CONDITIONS if claim_id == "thm4.2" else (READING_R1, *SMOOTHER_CONDITIONS)
-    return Claim(id=claim_id, normaliser=normaliser, measured="hess_in_v", bound=bound,
+    return BoundCheck(id=claim_id, normaliser=normaliser, measured="hess_in_v", bound=bound,
                  tolerance=hessian_form_tolerance(lambda rows: (first_term(rows), second(rows))),
                  tolerance_reason=HESSIAN_TOLERANCE_REASON, assumptions=CURVATURE_ASSUMPTIONS, table="curvature",
                  conditions=conditions)
@@ -245,7 +248,7 @@ WEIGHT_ASSUMPTIONS = ACTIVATION_ASSUMPTIONS[:3] + (
 )
 
 
-def weight_per_unit_claim(normaliser: str = "batchnorm") -> Claim:
+def weight_per_unit_check(normaliser: str = "batchnorm") -> BoundCheck:
     """thm4.4-per-unit: ||dL-hat/dW_{.j}||^2 <= ||X||_2^2 RHS_thm4.1, per unit of a layer feeding a BN."""
     rhs = numeric.weight_grad_bound(normaliser)
 
@@ -255,12 +258,12 @@ def weight_per_unit_claim(normaliser: str = "batchnorm") -> Claim:
         reach = np.sqrt(x) * (np.sqrt(rhs41) + gradient_rounding_error(rows, dtype)) + rows["identity_err"]
         return reach**2 - x * rhs41
 
-    return Claim(id="thm4.4-per-unit", normaliser=normaliser, measured="grad_w_sq",
+    return BoundCheck(id="thm4.4-per-unit", normaliser=normaliser, measured="grad_w_sq",
                  bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
                  tolerance_reason=WEIGHT_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
 
 
-def minimax_weight_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
+def minimax_weight_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
     """thm4.4 (consistent form) and thm4.4-printed at the measured lambda = ||X||_2, g_j = lambda^2 ||g||^2."""
     rhs = numeric.minimax_weight_bound(claim_id)
 
@@ -268,15 +271,15 @@ def minimax_weight_claim(claim_id: str, normaliser: str = "batchnorm") -> Claim:
         x = rows["x_spec_sq"]
         return x * float_rounding_tolerance(rows, np.maximum(bound, 0.0) / np.where(x > 0, x, 1.0), dtype)
 
-    return Claim(id=claim_id, normaliser=normaliser, measured="minimax_lhs",
+    return BoundCheck(id=claim_id, normaliser=normaliser, measured="minimax_lhs",
                  bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
                  tolerance_reason=MINIMAX_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
 
 
-def default_claims() -> tuple[Claim, ...]:
-    return (activation_bound_claim("thm4.1"), activation_bound_claim("thm4.1-printed"), matched_scale_claim(),
-            smoothness_claim("thm4.2"), smoothness_claim("thm4.2b"), weight_per_unit_claim(),
-            minimax_weight_claim("thm4.4"), minimax_weight_claim("thm4.4-printed"))
+def default_bound_checks() -> tuple[BoundCheck, ...]:
+    return (activation_bound_check("thm4.1"), activation_bound_check("thm4.1-printed"), matched_scale_check(),
+            smoothness_check("thm4.2"), smoothness_check("thm4.2b"), weight_per_unit_check(),
+            minimax_weight_check("thm4.4"), minimax_weight_check("thm4.4-printed"))
 
 
 # --- measurement tables of one run -----------------------------------------------------------------------
@@ -318,24 +321,24 @@ def measurement_tables(run: dict) -> dict[str, dict[str, np.ndarray]]:
     return {name: rows for name, rows in tables.items() if len(rows.get("step", ())) > 0}
 
 
-def check_rows(claim: Claim, rows: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
+def check_rows(check: BoundCheck, rows: dict[str, np.ndarray], dtype: str) -> dict[str, np.ndarray]:
     """Per-row evaluation: lhs, rhs, tol, whether the assumptions held, violations among those rows, and
-    `condition` (all of the claim's measured conditions held; all True when it has none)."""
-    held = np.ones(len(rows[claim.measured]), dtype=bool)
-    for assumption in claim.assumptions:
+    `condition` (all of the check's measured conditions held; all True when it has none)."""
+    held = np.ones(len(rows[check.measured]), dtype=bool)
+    for assumption in check.assumptions:
         with np.errstate(invalid="ignore"):
             held &= assumption.holds(rows)
     condition = np.ones_like(held)
     condition_counts = {}
-    for test in claim.conditions:
+    for test in check.conditions:
         with np.errstate(invalid="ignore"):
             holds = np.asarray(test.holds(rows), dtype=bool)
         condition &= holds
         condition_counts[test.name] = holds
-    lhs = rows[claim.measured]
+    lhs = rows[check.measured]
     with np.errstate(invalid="ignore", divide="ignore"):
-        rhs = claim.bound(rows)
-        tol = claim.tolerance(rows, rhs, dtype)
+        rhs = check.bound(rows)
+        tol = check.tolerance(rows, rhs, dtype)
         violated = held & (lhs > rhs + tol)
     return {"lhs": lhs, "rhs": rhs, "tol": tol, "held": held, "violated": violated, "condition": condition,
             **{f"condition:{name}": holds for name, holds in condition_counts.items()}}

@@ -24,17 +24,9 @@ from verify.effects import metric_named, pairs
 from verify.figures import DPI, figures_dir, norm_colour, save_png
 from verify.paper_figures import load_report_runs
 from verify.statistics import interval_text
+from verify.summary import comparisons_of
 
 NAMES = {"none": "standard", "batchnorm": "BN"}
-
-
-def comparisons_of(measured: dict) -> list[dict]:
-    """Every comparison record with a deciding metric inside a claim's measured values (nested for l_p)."""
-    found = []
-    for value in measured.values():
-        if isinstance(value, dict):
-            found += [value] if "decided_by" in value else comparisons_of(value)
-    return found
 
 
 def _draw_runs(ax_step, ax_loss, group: list[dict], metric, colour: str) -> None:

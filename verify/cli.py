@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from empirics.cifar import load_cifar10, locate_cifar10
-from empirics.config import PRESETS, ConfigError, Device, override
+from empirics.config import PRESETS, ConfigError, Device, Executor, override
 from empirics.experiments import run_specs, validate
+from empirics.executors import check_executor
 from empirics.runner import CorruptRunError
 from empirics.train import resolve_device
 from theory.normalisers import REGISTRY, load_normaliser_file
 from theory.wellformed import check_well_formed
-from verify import bench, pipeline, stability
+from verify import bench, browser, pipeline, stability, summary
 from verify.readme import update_readme
 
 COMMANDS = {
@@ -36,6 +37,8 @@ COMMANDS = {
     "bench": "time the probes and captures against the passes they need; write DIR/bench.json",
     "stability": "run `all` with 1 and with 2 threads per run (another float summation order) and compare the "
                  "verdicts; write DIR/threads1, DIR/threads2, DIR/stability.json",
+    "screenshot": "the first screen of DIR/report.html in headless Chromium at 1400 x 900; write "
+                  "DIR/report-first-viewport.png",
 }
 
 
@@ -73,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normaliser-file", dest="normaliser_files", action="append", default=[], type=Path,
                         metavar="PATH", help="a .py file defining Normaliser(s) to derive too (see README)")
     parser.add_argument("--no-progress", action="store_true", help="hide the training progress bars")
+    parser.add_argument("--executor", choices=[e.value for e in Executor], default=None,
+                        help="what trains the runs: local (this machine's process pool, the default) or ray "
+                             "(one Ray task per run; needs pip install 'normcheck[ray]')")
+    parser.add_argument("--address", default=None, metavar="ADDRESS",
+                        help="with --executor ray: auto or host:port or ray://host:port joins that cluster "
+                             "(--out must then be a filesystem every node sees); none starts Ray on this machine")
     bench.add_arguments(parser)
     return parser
 
@@ -89,9 +98,14 @@ def resolve_config(args: argparse.Namespace):
         config = dataclasses.replace(config, seed_offset=args.seed)
     if args.data_root is not None:
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, root=str(args.data_root)))
+    if args.executor is not None:
+        config = dataclasses.replace(config, executor=Executor(args.executor))
+    if args.address is not None:
+        config = dataclasses.replace(config, address=args.address)
     for assignment in args.overrides:
         config = override(config, assignment)
     config = validate(config)
+    check_executor(config)  # --executor ray without Ray installed, a malformed --address
     run_specs(config)  # unknown experiments
     resolve_device(config.device)  # --device cuda without CUDA
     if config.data.name == "cifar10":
@@ -159,6 +173,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command == "readme":
         update_readme(out_dir, Path(__file__).resolve().parent.parent / "README.md")
         return
+    if args.command == "screenshot":
+        print(f"screenshot: {browser.screenshot_report(out_dir)}")
+        return
     if args.command == "bench":
         bench.run_from_args(args, config, args.out if args.out is not None else Path("reports") / args.size)
         return
@@ -177,7 +194,9 @@ def run(args: argparse.Namespace) -> None:
     if args.command in ("all", "empirics"):
         pipeline.stage_empirics(config, out_dir, progress=not args.no_progress)
     if args.command in ("all", "report"):
-        pipeline.stage_report(config, out_dir, all_started=started if args.command == "all" else None)
+        results = pipeline.stage_report(config, out_dir, all_started=started if args.command == "all" else None)
+        for line in summary.headline_lines(results):  # the report's and the README's headline, verbatim
+            print(line)
         print(f"report: {out_dir / 'report.md'} and {out_dir / 'report.html'}")
 
 

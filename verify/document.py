@@ -80,10 +80,19 @@ class Math:
 
 
 @dataclass(frozen=True)
-class Status:
-    """A verdict ('proved', 'refuted', ...), coloured in HTML."""
+class StatusBadge:
+    """A status or verdict ('proved', 'refuted', 'reproduced', ...), coloured in HTML by `status`; shows
+    `label` (default: the status itself). In HTML only, `note` shows on hover and the badge links to the
+    anchor `target` (Markdown tables stay short, and GitHub shows no hover text)."""
 
     status: str
+    label: str = ""
+    note: str = ""
+    target: str = ""
+
+    @property
+    def text(self) -> str:
+        return self.label or self.status
 
 
 @dataclass(frozen=True)
@@ -92,7 +101,7 @@ class Link:
     target: str
 
 
-Inline = Text | Code | Strong | Math | Status | Link
+Inline = Text | Code | Strong | Math | StatusBadge | Link
 
 
 def parts(*items) -> tuple[Inline, ...]:
@@ -121,6 +130,7 @@ class Table:
     header: tuple[str, ...]
     rows: tuple[tuple[tuple[Inline, ...], ...], ...]
     numeric: tuple[bool, ...]  # right-aligned columns
+    kind: str = ""  # an HTML class ("matrix": compact, centred cells)
 
 
 @dataclass(frozen=True)
@@ -140,17 +150,33 @@ class FigureBlock:
 
 
 @dataclass(frozen=True)
+class FigureGrid:
+    """Small figures side by side in HTML (one after the other in Markdown); `anchor` names the grid."""
+
+    figures: tuple[FigureBlock, ...]
+    anchor: str = ""
+
+
+@dataclass(frozen=True)
 class CodeBlock:
     text: str
 
 
-Block = Heading | Paragraph | Bullets | Table | DisplayMath | Alert | FigureBlock | CodeBlock
+@dataclass(frozen=True)
+class Details:
+    """Blocks collapsed under a one-line summary (`<details>` in HTML and in GitHub Markdown)."""
+
+    summary: str
+    blocks: tuple  # of Block
 
 
-def table(header: list[str], rows: list[list], numeric: list[bool] | None = None) -> Table:
-    cell = lambda c: parts(c) if isinstance(c, (str, Text, Code, Strong, Math, Status, Link)) else parts(*c)
+Block = Heading | Paragraph | Bullets | Table | DisplayMath | Alert | FigureBlock | FigureGrid | CodeBlock | Details
+
+
+def table(header: list[str], rows: list[list], numeric: list[bool] | None = None, kind: str = "") -> Table:
+    cell = lambda c: parts(c) if isinstance(c, (str, Text, Code, Strong, Math, StatusBadge, Link)) else parts(*c)
     return Table(tuple(header), tuple(tuple(cell(c) for c in row) for row in rows),
-                 tuple(numeric or [False] * len(header)))
+                 tuple(numeric or [False] * len(header)), kind)
 
 
 def slug(text: str) -> str:
@@ -177,8 +203,10 @@ def _md_inline(items: tuple[Inline, ...], in_table: bool = False) -> str:
             text = text.replace("|", "\\|") if in_table else text  # GFM splits cells before code spans
             fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
             out.append(f"{fence} {text} {fence}" if "`" in text else f"`{text}`")
-        elif isinstance(item, (Strong, Status)):
-            out.append(f"**{_md_text(item.text if isinstance(item, Strong) else item.status)}**")
+        elif isinstance(item, Strong):
+            out.append(f"**{_md_text(item.text)}**")
+        elif isinstance(item, StatusBadge):
+            out.append(f"**{_md_text(item.text)}**")
         elif isinstance(item, Math):
             out.append(f"${item.latex}$")
         elif isinstance(item, Link):
@@ -187,6 +215,15 @@ def _md_inline(items: tuple[Inline, ...], in_table: bool = False) -> str:
 
 
 def render_markdown(blocks: list[Block]) -> str:
+    return "\n\n".join(_md_blocks(blocks)) + "\n"
+
+
+def _md_figure(block: FigureBlock) -> str:
+    alt = _md_text(Path(block.path).stem)  # the caption follows; an alt of the same words is noise
+    return f"![{alt}]({block.path})\n\n*{_md_text(block.caption)}*"
+
+
+def _md_blocks(blocks) -> list[str]:
     out = []
     for block in blocks:
         if isinstance(block, Heading):
@@ -205,11 +242,15 @@ def render_markdown(blocks: list[Block]) -> str:
         elif isinstance(block, Alert):
             out.append(f"> [!CAUTION]\n> {_md_inline(block.parts)}")
         elif isinstance(block, FigureBlock):
-            alt = _md_text(Path(block.path).stem)  # the caption follows; an alt of the same words is noise
-            out.append(f"![{alt}]({block.path})\n\n*{_md_text(block.caption)}*")
+            out.append(_md_figure(block))
+        elif isinstance(block, FigureGrid):
+            out += [_md_figure(figure) for figure in block.figures]
         elif isinstance(block, CodeBlock):
             out.append(f"```\n{block.text}\n```")
-    return "\n\n".join(out) + "\n"
+        elif isinstance(block, Details):  # GitHub renders Markdown inside <details> after a blank line
+            out += [f"<details>\n<summary>{html.escape(block.summary)}</summary>", *_md_blocks(block.blocks),
+                    "</details>"]
+    return out
 
 
 # ---------------------------------------------------------------- HTML rendering
@@ -273,9 +314,12 @@ def _html_inline(items: tuple[Inline, ...]) -> str:
             out.append(f"<code>{html.escape(item.text)}</code>")
         elif isinstance(item, Strong):
             out.append(f"<strong>{html.escape(item.text)}</strong>")
-        elif isinstance(item, Status):
+        elif isinstance(item, StatusBadge):
             kind = re.sub(r"[^a-z0-9-]", "", item.status.lower())
-            out.append(f'<span class="status status-{kind}">{html.escape(item.status)}</span>')
+            title = f' title="{html.escape(item.note)}"' if item.note else ""
+            badge = f'<span class="status status-{kind}"{title}>{html.escape(item.text)}</span>'
+            out.append(f'<a class="badge-link" href="#{html.escape(item.target)}">{badge}</a>' if item.target
+                       else badge)
         elif isinstance(item, Math):
             out.append(_html_math(item.latex, display=False))
         elif isinstance(item, Link):
@@ -285,32 +329,48 @@ def _html_inline(items: tuple[Inline, ...]) -> str:
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;max-width:1150px;
- margin:2em auto;padding:0 1.2em;line-height:1.5;color:#1f2328;background:#fff}
-h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em}
-h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:2.2em}
+ overflow-wrap:break-word;
+ margin:1em auto;padding:0 1.2em;line-height:1.45;color:#1f2328;background:#fff}
+h1{border-bottom:2px solid #d0d7de;padding-bottom:.3em;font-size:1.6em;margin:.4em 0}
+h2{border-bottom:1px solid #d0d7de;padding-bottom:.2em;margin-top:1.6em;font-size:1.3em}
 h3{margin-top:1.8em}
-.table-wrap{overflow-x:auto;margin:.8em 0}
-table{border-collapse:collapse;font-size:.88em}
-th,td{border:1px solid #d0d7de;padding:.3em .65em;vertical-align:top}
-th{background:#f0f3f6;text-align:left}
+.table-wrap{margin:.8em 0;max-width:100%}
+table{border-collapse:collapse;font-size:.88em;max-width:100%}
+th,td{border:1px solid #d0d7de;padding:.3em .65em;vertical-align:top;overflow-wrap:anywhere}
+th{background:#f0f3f6;text-align:left;overflow-wrap:normal}
 tbody tr:nth-child(even) td{background:#f8f9fa}
-td code{white-space:nowrap}
-td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
+table.matrix{font-size:.8em}
+table.claims{font-size:.82em}
+table.claims td:nth-child(4),table.claims td:nth-child(5){white-space:nowrap}
+table.matrix td,table.matrix th{padding:.2em .45em;text-align:center;white-space:nowrap;overflow-wrap:normal}
+table.matrix td:first-child{text-align:left}
+a.badge-link{text-decoration:none}
+details{margin:.6em 0;border:1px solid #d0d7de;border-radius:6px;padding:.3em .9em}
+details>summary{cursor:pointer;font-weight:600;padding:.2em 0}
+details[open]>summary{border-bottom:1px solid #d0d7de;margin-bottom:.5em}
+.figure-grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:.6em}
+.figure-grid figure{margin:.3em 0}
+.figure-grid figcaption{font-size:.8em}
 code{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:.9em;background:#f3f4f6;
  padding:.05em .3em;border-radius:4px}
-pre{background:#f6f8fa;padding:.8em 1em;overflow-x:auto;border-radius:6px}
+pre{background:#f6f8fa;padding:.8em 1em;white-space:pre-wrap;overflow-wrap:anywhere;border-radius:6px}
 pre code{background:none;padding:0}
-.display-math{text-align:center;margin:.9em 0;overflow-x:auto}
-.math{display:inline-block;vertical-align:middle;background-repeat:no-repeat;background-size:100% 100%}
+.display-math{text-align:center;margin:.9em 0;max-width:100%}
+.math{display:inline-block;vertical-align:middle;background-repeat:no-repeat;background-size:contain;
+ background-position:center;max-width:100%}
 figure{margin:1.4em 0;text-align:center}
 figure img{max-width:100%;height:auto;border:1px solid #e5e7eb}
 figcaption{font-size:.88em;color:#57606a;max-width:60em;margin:.4em auto 0;text-align:left}
 .alert{border-left:6px solid #cf222e;background:#ffebe9;padding:.7em 1em;margin:1em 0;font-weight:600;color:#82071e}
-.status{display:inline-block;padding:0 .55em;border-radius:1em;font-weight:600;font-size:.9em;background:#eaeef2}
+.status{display:inline-block;padding:0 .55em;border-radius:1em;font-weight:600;font-size:.9em;background:#eaeef2;
+ white-space:nowrap;overflow-wrap:normal}
 .status-proved,.status-holds,.status-pass{background:#dafbe1;color:#116329}
 .status-refuted,.status-violated,.status-fail,.status-notreproduced{background:#ffebe9;color:#a40e26}
 .status-reproduced{background:#dafbe1;color:#116329}
-.status-mixed,.status-conditional{background:#fff8c5;color:#7d4e00}
+.status-mixed,.status-conditional,.status-inconclusive{background:#fff8c5;color:#7d4e00}
+.status-checked{background:#ddf4ff;color:#0a3069}
+.status-notmeasured{background:#eaeef2;color:#57606a}
 """
 
 
@@ -325,8 +385,14 @@ def render_html(blocks: list[Block], out_dir: Path) -> str:
     return _html_page(body, formulas)
 
 
-def _html_body(blocks: list[Block], out_dir: Path) -> list[str]:
-    body, seen = [], {}
+def _html_figure(block: FigureBlock, out_dir: Path) -> str:
+    data = base64.b64encode((out_dir / block.path).read_bytes()).decode("ascii")
+    caption = html.escape(block.caption)
+    return f'<figure><img alt="{caption}" src="data:image/png;base64,{data}"><figcaption>{caption}</figcaption></figure>'
+
+
+def _html_body(blocks: list[Block], out_dir: Path, seen: dict[str, int] | None = None) -> list[str]:
+    body, seen = [], {} if seen is None else seen
     for block in blocks:
         if isinstance(block, Heading):
             anchor = slug(block.text)
@@ -342,18 +408,24 @@ def _html_body(blocks: list[Block], out_dir: Path) -> list[str]:
             head = "".join(f"<th{cls(n)}>{html.escape(h)}</th>" for h, n in zip(block.header, block.numeric))
             rows = "".join("<tr>" + "".join(f"<td{cls(n)}>{_html_inline(c)}</td>" for c, n in zip(row, block.numeric))
                            + "</tr>" for row in block.rows)
-            body.append(f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>')
+            kind = f' class="{html.escape(block.kind)}"' if block.kind else ""
+            body.append(f'<div class="table-wrap"><table{kind}><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+                        "</table></div>")
         elif isinstance(block, DisplayMath):
             body.append(_html_math(block.latex, display=True))
         elif isinstance(block, Alert):
             body.append(f'<div class="alert" role="alert">{_html_inline(block.parts)}</div>')
         elif isinstance(block, FigureBlock):
-            data = base64.b64encode((out_dir / block.path).read_bytes()).decode("ascii")
-            caption = html.escape(block.caption)
-            body.append(f'<figure><img alt="{caption}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{caption}</figcaption></figure>")
+            body.append(_html_figure(block, out_dir))
+        elif isinstance(block, FigureGrid):
+            anchor = f' id="{html.escape(block.anchor)}"' if block.anchor else ""
+            body.append(f'<div class="figure-grid"{anchor}>'
+                        + "".join(_html_figure(f, out_dir) for f in block.figures) + "</div>")
         elif isinstance(block, CodeBlock):
             body.append(f"<pre><code>{html.escape(block.text)}</code></pre>")
+        elif isinstance(block, Details):
+            body.append(f"<details><summary>{html.escape(block.summary)}</summary>\n"
+                        + "\n".join(_html_body(list(block.blocks), out_dir, seen)) + "\n</details>")
     return body
 
 

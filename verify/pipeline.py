@@ -98,19 +98,19 @@ def environment(config: ExperimentConfig) -> dict:
     }
 
 
-def _check_claims(runs: list[dict], claims, model_name: str, out_dir: Path) -> list[dict]:
-    """Evaluate every claim on its measurement table of every run; save per-row data to DIR/checks/;
-    return one record per (claim, layer, lr)."""
+def _check_bounds(runs: list[dict], bound_checks, model_name: str, out_dir: Path) -> list[dict]:
+    """Evaluate every bound check on its measurement table of every run; save per-row data to DIR/checks/;
+    return one record per (statement, layer, lr)."""
     (out_dir / "checks").mkdir(exist_ok=True)
     tables_of = [(run, checking.measurement_tables(run)) for run in runs]
     records = []
-    for claim in claims:
+    for check in bound_checks:
         tables = []
         for run, measured in tables_of:
-            rows = measured.get(claim.table)
+            rows = measured.get(check.table)
             if rows is None:
                 continue
-            evaluated = checking.check_rows(claim, rows, NETWORK_DTYPE)
+            evaluated = checking.check_rows(check, rows, NETWORK_DTYPE)
             n = len(rows["step"])
             tables.append({"run_id": np.full(n, run["spec"]["run_id"]),
                            "lr": np.full(n, run["spec"]["lr"], dtype=np.float64),
@@ -120,15 +120,15 @@ def _check_claims(runs: list[dict], claims, model_name: str, out_dir: Path) -> l
         table = {key: np.concatenate([t[key] for t in tables]) for key in tables[0]}
         columns = {key: table[key] for key in ("run_id", "lr", "layer", "channel", "step", "lhs", "rhs", "tol",
                                                 "held", "condition")}
-        write_atomic(out_dir / "checks" / f"{claim.normaliser}__{claim.id}.npz", lambda file: np.savez(file, **columns))
+        write_atomic(out_dir / "checks" / f"{check.normaliser}__{check.id}.npz", lambda file: np.savez(file, **columns))
         for lr in sorted(set(table["lr"].tolist())):
             for layer in sorted(set(table["layer"].tolist())):
                 selected = (table["lr"] == lr) & (table["layer"] == layer)
                 summary = checking.summarise({key: value[selected] for key, value in table.items()
                                               if key not in ("run_id", "lr", "layer", "channel", "step")})
-                records.append({"claim": claim.id, "normaliser": claim.normaliser, "model": model_name,
-                                "table": claim.table, "layer": int(layer), "lr": lr, **summary,
-                                "tolerance": claim.tolerance_reason})
+                records.append({"claim": check.id, "normaliser": check.normaliser, "model": model_name,
+                                "table": check.table, "layer": int(layer), "lr": lr, **summary,
+                                "tolerance": check.tolerance_reason})
     return records
 
 
@@ -144,7 +144,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         raise FileNotFoundError(f"{theory_path} is missing; run `python -m verify theory --out {out_dir}` first")
     theory = json.loads(theory_path.read_text())
     runs = [load_run(run_dir(out_dir, spec.run_id)) for spec in run_specs(config)]
-    check_records = _check_claims(runs, checking.default_claims(), config.model.name, out_dir)
+    check_records = _check_bounds(runs, checking.default_bound_checks(), config.model.name, out_dir)
     for record in check_records:
         record["status"] = theory.get(record["normaliser"], {}).get(record["claim"], {}).get("status")
     run_records = [training.run_record(run) for run in runs]

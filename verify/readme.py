@@ -3,7 +3,7 @@
     python -m verify readme --out reports/default
 
 replaces everything between the `<!-- results:start -->` and `<!-- results:end -->` markers from
-DIR/results.json, and between `<!-- bench:start -->` and `<!-- bench:end -->` from DIR/bench.json
+DIR/results.json (the report's headline: summary sentences, claims table, statement matrix; the rest is linked), and between `<!-- bench:start -->` and `<!-- bench:end -->` from DIR/bench.json
 (`python -m verify bench`) when that file exists.
 """
 
@@ -14,74 +14,34 @@ from pathlib import Path
 
 from empirics.storage import write_atomic
 from verify.bench import describe, table_rows
-from verify.summary import claim_rows
+from verify.document import Bullets, Code, Link, Paragraph, Strong, parts, render_markdown
+from verify.report.claims import READING, claims_table
+from verify.report.statements import matrix_section
+from verify.summary import headline_lines
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 BENCH_START, BENCH_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
-def _ratio(value) -> str:
-    if value is None:
-        return "—"
-    return f"1 {'+' if value >= 1 else '−'} {abs(value - 1):.2e}" if abs(value - 1) < 1e-3 else f"{value:.4g}"
-
-
-def _cell(text) -> str:
-    return str(text).replace("|", "\\|")
-
-
-def claims_lines(results: dict) -> list[str]:
-    """The empirical-claims table, from the one summary the report uses too (`verify.summary`)."""
-    rows = claim_rows(results)
-    if not rows:
-        return []
-    lines = ["", "Empirical claims of the paper (ratios: geometric mean over paired seeds [95% bootstrap interval]; "
-             "criteria in `verify/effects.py` and the report):", "",
-             "| claim | verdict | at matched loss | early window | whole run | paper's side | the paper |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| `{r['id']}` | **{r['verdict']}** | {_cell(r['matched'])} | {_cell(r['early'])} | "
-                     f"{_cell(r['whole'])} | {_cell(r['threshold'])} | {_cell(r['paper'])} ({_cell(r['source'])}) |")
-    return lines
-
-
 def results_block(results: dict, out_dir: str, report_s: float | None = None) -> str:
-    timings = results["timings"]
+    """The headline of DIR's report: its three summary sentences, the claims table and the statement matrix,
+    rendered by the report's own code (`verify.summary` and `verify.report`), and a link to the rest."""
+    timings = results.get("timings") or {}
+    environment = results.get("environment") or {}
     drawing = f"; drawing the figures and writing the report took {report_s:.0f} s more" if report_s else ""
-    lines = [START, "", f"Produced by `python -m verify all --preset {results['config'].get('preset', '?')} "
-             f"--out {out_dir}` at revision `{results['environment']['git_revision']}` "
-             f"({results['environment']['device']}, torch {results['environment']['torch']}); "
-             f"{timings.get('total_s', float('nan')):.0f} s from start to results.json on this machine "
-             f"(derivations {timings.get('theory_s', float('nan')):.1f} s, cached or not as found{drawing}).", "",
-             "| normaliser | claim | symbolic status | general m | evidence | checked rows | violations "
-             "| worst LHS/RHS | median LHS/RHS |", "|---|---|---|---|---|---:|---:|---:|---:|"]
-    for normaliser, claims in results["theory"].items():
-        for claim, record in claims.items():
-            rows = [c for c in results["checks"] if c["normaliser"] == normaliser and c["claim"] == claim]
-            checked = sum(c["n_checked"] for c in rows)
-            violations = sum(c["n_violations"] for c in rows)
-            worst = max((c["worst_ratio"] for c in rows if c["worst_ratio"] is not None), default=None)
-            medians = sorted(c["median_ratio"] for c in rows if c["median_ratio"] is not None)
-            median = medians[len(medians) // 2] if medians else None
-            measured = (f"{checked:,} | {violations:,} | {_ratio(worst)} | {_ratio(median)}" if rows
-                        else "— | — | — | —")
-            evidence = record.get("evidence", "").split("; ")[0].replace("|", "\\|")
-            lines.append(f"| {normaliser} | `{claim}` | **{record['status']}** | "
-                         f"{'yes' if record['general_m'] else 'no'} | {evidence} | {measured} |")
-    lines += ["", "Training (mnist1d, plain SGD, batch "
-              f"{results['config']['train']['batch_size']}, {results['config']['train']['steps']} steps; "
-              f"steps to {results['training_summary']['threshold']:.0%} "
-              f"{results['training_summary']['metric']}):", "",
-              "| lr | norm | seeds | steps to threshold (mean) | final train acc | final test acc | diverged |",
-              "|---:|---|---:|---:|---:|---:|---:|"]
-    for row in results["training_summary"]["rows"]:
-        steps = f"{row['steps_to_threshold_mean']:.0f}" if row["steps_to_threshold_mean"] is not None else "never"
-        lines.append(f"| {row['lr']:g} | {row['norm']} | {row['n_seeds']} | {steps} ({row['n_reached']}/"
-                     f"{row['n_seeds']} reached) | {row['final_train_acc_mean']:.3f} ± {row['final_train_acc_std']:.3f} "
-                     f"| {row['final_test_acc_mean']:.3f} ± {row['final_test_acc_std']:.3f} | {row['n_diverged']} |")
-    lines += claims_lines(results)
-    lines += ["", END]
-    return "\n".join(lines)
+    command = f"python -m verify all --preset {(results.get('config') or {}).get('preset', '?')} --out {out_dir}"
+    produced = parts("Produced by ", Code(command), " at revision ", Code(str(environment.get("git_revision", "?"))),
+                     f" ({environment.get('device', '?')}, torch {environment.get('torch', '?')}); "
+                     f"{timings.get('total_s', float('nan')):.0f} s from start to results.json on this machine "
+                     f"(derivations {timings.get('theory_s', float('nan')):.1f} s, cached or not as found{drawing}).")
+    blocks = [Paragraph(produced), Bullets(tuple(parts(line) for line in headline_lines(results)))]
+    if results.get("claims"):
+        blocks += [Paragraph(parts(Strong("The paper's empirical claims."), " " + READING)), claims_table(results)]
+    blocks += matrix_section(results)[1:]  # the matrix's legend and table, under the README's own heading
+    blocks.append(Paragraph(parts("Bound tightness, the derivations, the per-claim figures and every run: ",
+                                  Link("the full report", f"{out_dir}/report.md"), f" ({out_dir}/report.html "
+                                  "for the self-contained page).")))
+    return "\n".join([START, "", render_markdown(blocks).rstrip("\n"), "", END])
 
 
 def bench_markers(bench: dict) -> tuple[str, str]:
