@@ -1,4 +1,4 @@
-"""One training run: plain SGD on mnist1d, with bound captures at sampled steps.
+"""One training run: SGD on a VGG (mnist1d, digits or CIFAR-10) or full-batch GD on the DLN, with probes.
 
 Step numbering: step s (0 <= s < steps) is the s-th SGD update; its forward, logged loss and
 capture all see the parameters after s updates, before update s is applied. Test evaluations
