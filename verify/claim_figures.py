@@ -13,6 +13,7 @@ The title of each row gives the ratio and its 95% interval on each axis, and the
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from matplotlib.lines import Line2D
 
 from verify import progress
 from verify.effects import metric_named, pairs
-from verify.figures import DPI, figures_dir, norm_colour, save_png
+from verify.figures import DPI, figures_dir, norm_colour, save_png, suptitle
 from verify.paper_figures import load_report_runs
 from verify.statistics import interval_text
 from verify.summary import comparisons_of
@@ -57,7 +58,7 @@ def claim_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
     comparisons = comparisons_of(record.get("measured") or {})
     if not comparisons:
         return []
-    fig = Figure(figsize=(12.0, 3.9 * len(comparisons) + 0.6), dpi=DPI, layout="constrained")
+    fig = Figure(figsize=(9.0, 3.2 * len(comparisons) + 0.9), dpi=DPI, layout="constrained")
     grid = fig.subplots(len(comparisons), 2, squeeze=False)
     for (ax_step, ax_loss), comparison in zip(grid, comparisons):
         kind, lr, norms = comparison["kind"], comparison["lr"], comparison["pair"]
@@ -72,15 +73,16 @@ def claim_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
             ax.set_xscale("log")
             ax.grid(alpha=0.3)
             ax.set_ylabel(metric.description, fontsize=8)
-        ax_step.set_xlabel("training step + 1")
-        ax_loss.set_xlabel("smoothed training loss at the probe (training proceeds to the right)")
+        ax_step.set_xlabel("training step + 1", fontsize=9)
+        ax_loss.set_xlabel("smoothed training loss at the probe\n(high loss left: training proceeds →)", fontsize=9)
         ax_loss.invert_xaxis()
-        ax_step.set_title(_row_title(comparison), fontsize=8, loc="left")
-        ax_loss.set_title("filled: probes where a progress level was reached (the matched axis)", fontsize=8, loc="left")
+        ax_step.set_title("\n".join(textwrap.wrap(_row_title(comparison), 62)), fontsize=7.5, loc="left")
+        ax_loss.set_title("filled: probes where a progress level was reached\n(the matched axis)", fontsize=7.5,
+                          loc="left")
     all_norms = sorted({n for c in comparisons for n in c["pair"]}, key=lambda n: (n != "none", n != "batchnorm", n))
     fig.legend(handles=[Line2D([], [], color=norm_colour(n, all_norms), marker="o", label=NAMES.get(n, n))
                         for n in all_norms], loc="outside lower center", ncols=len(all_norms), fontsize=8)
-    fig.suptitle(f"{record['id']} ({record['figure']}): {record['statement']} One line per seed.", fontsize=10)
+    suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']} One line per seed.", fontsize=10)
     path = figures_dir(out_dir) / f"claim__{record['id']}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path)

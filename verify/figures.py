@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +63,13 @@ def norm_colour(norm: str, all_norms: list[str]) -> str:
         return NORM_COLOURS[norm]
     others = [n for n in all_norms if n not in NORM_COLOURS]
     return _OTHER_COLOURS[others.index(norm) % len(_OTHER_COLOURS)]
+
+
+def suptitle(fig: Figure, text: str, fontsize: float = 10) -> None:
+    """A figure title wrapped to the canvas width, so no line is cut at the edges (about 0.6 em per character)."""
+    chars = max(30, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+    lines = [wrapped for line in text.splitlines() for wrapped in textwrap.wrap(line, chars) or [""]]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def save_png(fig: Figure, path: Path) -> None:
@@ -250,7 +258,7 @@ def training_curves(out_dir: Path) -> list[Path]:
             ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("accuracy (fraction correct)")
     axes[1, 0].set_ylabel("training loss (cross-entropy, log scale)")
-    fig.suptitle(f"Training curves (paper Fig. 1); seeds per setting: {', '.join(map(str, seeds))}")
+    suptitle(fig, f"Training curves (paper Fig. 1); seeds per setting: {', '.join(map(str, seeds))}")
     _training_legend(fig, norms, threshold, len(lrs))
 
     path = training_curves_path(out_dir)
@@ -349,7 +357,7 @@ def bound_scatter_file(out_dir: Path, normaliser: str, claim: str, checks_file: 
     handles = [Line2D([], [], color="black", linestyle="--", label="LHS = RHS (bound met with equality)"),
                Line2D([], [], color="#d62728", marker="x", linestyle="none", label="violation: LHS > RHS + tol")]
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
-    fig.suptitle(f"{claim} ({normaliser}): measured LHS vs bound RHS; points below the dashed line satisfy it\n"
+    suptitle(fig, f"{claim} ({normaliser}): measured LHS vs bound RHS; points below the dashed line satisfy it\n"
                  f"at most {MAX_POINTS_PER_PANEL:,} points per panel, chosen at random with seed "
                  f"{SUBSAMPLE_SEED}", fontsize=10)
     path = check_figure_path(out_dir, "bound_scatter", normaliser, claim)
@@ -405,7 +413,7 @@ def ratio_histogram_file(out_dir: Path, normaliser: str, claim: str, checks_file
         ax.grid(alpha=0.3)
     fig.legend(handles=[Line2D([], [], color="#d62728", linestyle="--", label="LHS = RHS")],
                loc="outside lower center", fontsize=8)
-    fig.suptitle(f"{claim} ({normaliser}): ratio measured / bound; ≤ 1 means the bound holds", fontsize=10)
+    suptitle(fig, f"{claim} ({normaliser}): ratio measured / bound; ≤ 1 means the bound holds", fontsize=10)
     path = check_figure_path(out_dir, "ratio_histogram", normaliser, claim)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path)

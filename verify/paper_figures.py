@@ -28,7 +28,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from empirics.runner import load_run
-from verify.figures import DPI, _aligned, _seed_stats, figures_dir, norm_colour, save_png
+from verify.figures import DPI, _aligned, _seed_stats, figures_dir, norm_colour, save_png, suptitle
 
 BASELINE = ("none", "batchnorm")
 
@@ -119,7 +119,7 @@ def landscape_figure(out_dir: Path, runs, kind: str, lr: float, norms=BASELINE, 
     handles = [Patch(color=norm_colour(n, all_norms), label=f"norm = {n}") for n in groups]
     fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
     seeds = sorted({len(g) for g in groups.values()})
-    fig.suptitle(title or f"Loss landscape along the gradient ({kind}, lr = {lr:g}; eta from {eta.min():g} to "
+    suptitle(fig, title or f"Loss landscape along the gradient ({kind}, lr = {lr:g}; eta from {eta.min():g} to "
                  f"{eta.max():g} x lr, {eta.size} values; bands over eta and seeds ({', '.join(map(str, seeds))}); "
                  "beta: line = mean over seeds)", fontsize=10)
     return [_save(fig, out_dir, name or f"landscape__{kind}__lr{lr:g}.png")]
@@ -150,7 +150,7 @@ def predictiveness_figure(out_dir: Path, runs, kind: str, lr: float) -> list[Pat
     axes[0].set_ylabel("||grad(x - eta g) - g||")
     if mappable is not None:
         fig.colorbar(ScalarMappable(norm=colours, cmap="viridis"), ax=list(axes), label="training step")
-    fig.suptitle(f"Gradient change against step size ({kind}, lr = {lr:g}), one line per probe step", fontsize=10)
+    suptitle(fig, f"Gradient change against step size ({kind}, lr = {lr:g}), one line per probe step", fontsize=10)
     return [_save(fig, out_dir, f"predictiveness__{kind}.png")]
 
 
@@ -196,7 +196,7 @@ def ics_figure(out_dir: Path, runs, kind: str) -> list[Path]:
     axes[1, 0].set_ylabel("cos(G, G')")
     fig.legend(handles=[Patch(color=norm_colour(n, list(groups)), label=f"norm = {n}") for n in groups],
                loc="outside lower center", ncols=len(groups), fontsize=8)
-    fig.suptitle(f"Internal covariate shift (Definition 2.1; {kind}, lr = {lr:g}): G the layer's gradient, G' the "
+    suptitle(fig, f"Internal covariate shift (Definition 2.1; {kind}, lr = {lr:g}): G the layer's gradient, G' the "
                  "same after the earlier layers' update; line = mean over seeds, band = min..max", fontsize=10)
     return [_save(fig, out_dir, f"ics__{kind}.png")]
 
@@ -263,7 +263,7 @@ def noisy_figure(out_dir: Path, runs) -> list[Path]:
             ax.set_ylabel("training step")
     fig.legend(handles=[Patch(color=norm_colour(n, list(norms)), label=f"norm = {n}") for n in drawn],
                loc="outside lower center", ncols=len(drawn), fontsize=8)
-    fig.suptitle(f"Noisy BatchNorm (paper Fig. 2, lr = {lr:g}): training accuracy (mean and min..max over seeds), and "
+    suptitle(fig, f"Noisy BatchNorm (paper Fig. 2, lr = {lr:g}): training accuracy (mean and min..max over seeds), and "
                  "the distribution of a layer's outputs at each probe step (log colour scale)", fontsize=10)
     return [_save(fig, out_dir, "noisy.png")]
 
@@ -281,7 +281,7 @@ def lp_figures(out_dir: Path, runs) -> list[Path]:
     drawn = _curves(fig.add_subplot(), runs, norms, lr)
     fig.legend(handles=[Patch(color=norm_colour(n, list(norms)), label=f"norm = {n}") for n in drawn],
                loc="outside lower center", ncols=len(drawn), fontsize=8)
-    fig.suptitle(f"l_p normalisations (paper Fig. 11): training accuracy at lr = {lr:g}", fontsize=10)
+    suptitle(fig, f"l_p normalisations (paper Fig. 11): training accuracy at lr = {lr:g}", fontsize=10)
     paths = [_save(fig, out_dir, "lp.png")]
     return paths + landscape_figure(out_dir, runs, "vgg1d", lr, norms=norms, name="lp_landscape.png",
                                     title=f"l_p normalisations (paper Fig. 12-13): landscape along the gradient, "
@@ -308,7 +308,7 @@ def dln_loss_figure(out_dir: Path, runs) -> list[Path]:
     axes[0].set_ylabel("training loss (mean squared error)")
     fig.legend(handles=[Line2D([], [], color=norm_colour(n, norms), label=f"norm = {n}") for n in norms],
                loc="outside lower center", ncols=len(norms), fontsize=8)
-    fig.suptitle("Deep linear network: training loss (mean and min..max over seeds)", fontsize=10)
+    suptitle(fig, "Deep linear network: training loss (mean and min..max over seeds)", fontsize=10)
     return [_save(fig, out_dir, "dln_loss.png")]
 
 
