@@ -19,16 +19,98 @@ class ConfigError(ValueError):
     """A configuration value or override is invalid; the message says how to fix it."""
 
 
-class Norm(str, enum.Enum):
-    """Normalisation placed after every convolution (VGG) or hidden layer (DLN) of the model."""
+# The training variants beside the registered normalisers, each with the registered normaliser it builds on
+# (None: no normalisation). Noise is Algorithm 1's (empirics.noisy); "noisy_none" is the paper's "noise added
+# to a standard network". Every other norm is a normaliser of the theory registry (theory.normalisers.REGISTRY,
+# which --normaliser-file extends at run time): there is no second list of normaliser names.
+TRAINING_VARIANTS: dict[str, str | None] = {"none": None, "noisy_none": None, "noisy_batchnorm": "batchnorm"}
 
-    NONE = "none"
-    BATCHNORM = "batchnorm"
-    NOISY_BATCHNORM = "noisy_batchnorm"  # BN + paper Algorithm 1 noise (empirics.noisy)
-    NOISY_NONE = "noisy_none"  # the same noise without BN: "noise added to a standard network"
-    LP1 = "lp1"  # l_p batch normalisations of §3.3, built from their theory formula
-    LP2 = "lp2"
-    LPINF = "lpinf"
+
+def norm_names() -> tuple[str, ...]:
+    """Every name a norm may take now: the training variants, then the registry in registration order."""
+    from theory.normalisers import REGISTRY
+
+    return (*TRAINING_VARIANTS, *(name for name in REGISTRY if name not in TRAINING_VARIANTS))
+
+
+class _NormType(type):
+    """Norm.LAYERNORM, Norm.LP1, ...: the upper-cased name of any registered normaliser, looked up on use."""
+
+    def __getattr__(cls, attribute: str):
+        if attribute.isupper() and attribute.lower() in norm_names():
+            return cls(attribute.lower())
+        raise AttributeError(f"type object 'Norm' has no attribute {attribute!r}")
+
+
+class Norm(str, metaclass=_NormType):
+    """What is placed after every convolution (VGG) or hidden layer (DLN): a registered normaliser's name
+    (theory.normalisers.REGISTRY) or a training variant (`TRAINING_VARIANTS`).
+
+    A validated string: Norm("typo") raises ConfigError listing the valid names. Instances are interned,
+    so `spec.norm is Norm.BATCHNORM` holds for every "batchnorm"; `.value` is the plain name (run ids hash it).
+    """
+
+    __slots__ = ()
+    _interned: dict[str, Norm] = {}
+
+    def __new__(cls, name) -> Norm:
+        if isinstance(name, Norm):
+            return name
+        name = str(name)
+        known = cls._interned.get(name)
+        if known is not None:
+            return known
+        names = norm_names()
+        if name not in names:
+            raise ConfigError(f"norm {name!r} is neither a registered normaliser nor a training variant; use one of "
+                              f"{', '.join(names)} (or register a formula with --normaliser-file)")
+        return cls._interned.setdefault(name, super().__new__(cls, name))
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Norm({self.value!r})"
+
+    def __reduce__(self):
+        # unpickled interned but unchecked: a worker process registers the run's --normaliser-file formulas
+        # (`register_normaliser_files`) only once it holds the spec that names them
+        return (_unpickled_norm, (self.value,))
+
+
+def _unpickled_norm(name: str) -> Norm:
+    known = Norm._interned.get(name)
+    return known if known is not None else Norm._interned.setdefault(name, str.__new__(Norm, name))
+
+
+def register_normaliser_files(paths) -> None:
+    """Register the user's normaliser files (--normaliser-file) in this process, unless already registered:
+    a spawned worker starts with the project's registry only."""
+    import inspect
+    from pathlib import Path
+
+    from theory.normalisers import REGISTRY, load_normaliser_file
+
+    known = {Path(inspect.getfile(normaliser.hat)).resolve() for normaliser in REGISTRY.values()}
+    for path in paths:
+        if Path(path).resolve() not in known:
+            load_normaliser_file(path)
+
+
+Norm.NONE = Norm("none")
+Norm.NOISY_NONE = Norm("noisy_none")
+Norm.NOISY_BATCHNORM = Norm("noisy_batchnorm")
+Norm.BATCHNORM = Norm("batchnorm")  # the paper's subject: the reference of every comparison
+
+
+def lp_family(include_batchnorm_formula: bool = False) -> tuple[Norm, ...]:
+    """The registry's l_p batch normalisations of §3.3 (names "lp..."); lp2 is BatchNorm's formula exactly
+    (`Normaliser.formula_key`), so it is left out unless `include_batchnorm_formula` (the paper's Fig. 11 keeps it)."""
+    from theory.normalisers import BATCHNORM, REGISTRY
+
+    return tuple(Norm(name) for name, normaliser in REGISTRY.items() if name.startswith("lp")
+                 and (include_batchnorm_formula or normaliser.formula_key() != BATCHNORM.formula_key()))
 
 
 class Device(str, enum.Enum):
@@ -39,20 +121,23 @@ class Device(str, enum.Enum):
 
 @dataclass(frozen=True)
 class DataConfig:
-    """mnist1d (generated procedurally, offline: 4000 train / 1000 test signals) or CIFAR-10 read from
-    a local `cifar-10-batches-py` directory (`root`, the CLI's --data-root)."""
+    """mnist1d (generated procedurally, offline: 4000 train / 1000 test signals), scikit-learn's digits (1,797
+    real 8 x 8 images shipped inside scikit-learn, offline: a seeded 1,497 / 300 split, empirics.digits) or
+    CIFAR-10 read from a local `cifar-10-batches-py` directory (`root`, the CLI's --data-root)."""
 
-    name: str = "mnist1d"  # "mnist1d" | "cifar10"
-    seed: int = 42  # mnist1d's own generation seed (its published default)
+    name: str = "mnist1d"  # "mnist1d" | "digits" | "cifar10"
+    seed: int = 42  # mnist1d's own generation seed (its published default); digits: the split's seed
     root: str = ""  # CIFAR-10: the cifar-10-batches-py folder or its parent
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """vgg1d: blocks of (conv3 -> [norm] -> ReLU), max-pool after every second conv (mnist1d);
+    vgg2d_digits: the same blocks in 2-D (Conv2d 3 x 3, MaxPool2d(2) after every second conv) with one dense
+    layer, for 8 x 8 digits (empirics.vgg2d; `channels` as for vgg1d, `hidden` unused);
     vgg11 / vgg16: the 2-D VGGs for CIFAR-10 (empirics.vgg2d), widths scaled by width_multiplier."""
 
-    name: str = "vgg1d"  # "vgg1d" | "vgg11" | "vgg16"
+    name: str = "vgg1d"  # "vgg1d" | "vgg2d_digits" | "vgg11" | "vgg16"
     # vgg1d only. 8-8-16-16-32-32 with a 128-unit head: ~9 ms per SGD step at batch 128 on one core here, half
     # of the earlier 16-16-32-32-64-64 with 256 units (~17 ms), so that 5 paired seeds of every compared
     # configuration fit the default preset's 300 s (the wider one: --set model.channels=16,16,32,32,64,64
@@ -177,7 +262,13 @@ class ExperimentConfig:
     experiments: tuple[str, ...] = ("train",)
     # the lp experiment's normalisers beside BN; lp2 is BN exactly (theory: the formulas coincide), so
     # the CPU presets skip its run and the paper preset keeps it as the paper's Fig. 11 does
-    lp_norms: tuple[Norm, ...] = (Norm.LP1, Norm.LPINF)
+    lp_norms: tuple[Norm, ...] = field(default_factory=lp_family)
+    # the norms experiment: the classification model with each of these normalisers (() = every registered one,
+    # --normaliser-file's included; the CLI's --norm), on the first norms_seeds of train.seeds
+    norms_normalisers: tuple[Norm, ...] = ()
+    norms_seeds: int = 1
+    # user normaliser files (--normaliser-file, absolute paths): registered again in every worker process
+    normaliser_files: tuple[str, ...] = ()
     device: Device = Device.AUTO
     seed_offset: int = 0  # added to every seed in train.seeds (the CLI's --seed)
     threads: int = 1  # torch intra-op threads per run (0 = torch's default; recorded; affects float sums)
@@ -214,14 +305,26 @@ class RunSpec:
             relevant[key] = {k: v for k, v in value.items() if k not in SWEEP_KEYS} if isinstance(value, dict) else value
         payload = {"kind": self.kind, "config": relevant, "norm": self.norm.value, "lr": self.lr, "seed": self.seed,
                    "probes": to_dict(self.probes)}
+        formula = _user_formula(self.norm)
+        if formula is not None:  # a researcher's file: an edited formula is another run under the same name
+            payload["formula"] = formula
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         prefix = "dln-" if self.kind == "dln" else ""
         return f"{prefix}{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
 
 
-ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln")
-# normalisers computing statistics over the batch: undefined for a batch of one
-BATCH_STATISTICS = frozenset({Norm.BATCHNORM, Norm.NOISY_BATCHNORM, Norm.LP1, Norm.LP2, Norm.LPINF})
+def _user_formula(norm: Norm) -> str | None:
+    """The formula and axis of a normaliser registered from outside theory/normalisers/, as text; None otherwise
+    (the project's own normalisers are fixed by the code revision, and their run ids stay as they were)."""
+    from theory.normalisers import REGISTRY
+
+    normaliser = REGISTRY.get(norm.value)
+    if normaliser is None or normaliser.hat.__module__.startswith("theory.normalisers"):
+        return None
+    return str((normaliser.formula_key(), normaliser.axis))
+
+
+ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln", "norms")
 PRESET_EXPERIMENTS = ALL_EXPERIMENTS
 
 PRESETS: dict[str, ExperimentConfig] = {
@@ -237,6 +340,15 @@ PRESETS: dict[str, ExperimentConfig] = {
     ),
     # minutes on a 2-core CPU
     "default": ExperimentConfig(experiments=PRESET_EXPERIMENTS),
+    # the 2-D path on real images on a CPU: the 2-D VGG (Conv2d + BatchNorm2d, 2-D GroupNorm, ...) on
+    # scikit-learn's 8 x 8 digits; every experiment but the deep linear network's
+    "digits": ExperimentConfig(
+        data=DataConfig(name="digits"),
+        model=ModelConfig(name="vgg2d_digits", channels=(8, 8, 16, 16)),
+        train=TrainConfig(steps=300, batch_size=128, seeds=(0, 1, 2), eval_every=50, log_every=1, capture_every=10,
+                          probe_every=50, early_probe_until=50, curvature_every=150),
+        experiments=("train", "noisy", "ics", "landscape", "bounds", "norms"),
+    ),
     # the paper's scale, for a GPU: VGG-16 on CIFAR-10 (local folder via --data-root), 15k steps,
     # batch 128, lr 0.1 / 0.5; the DLN at 10k steps and both of the paper's learning rates
     "paper": ExperimentConfig(
@@ -246,7 +358,7 @@ PRESETS: dict[str, ExperimentConfig] = {
                           log_every=50, capture_every=500, probe_every=100, curvature_every=2500),
         dln=DLNConfig(steps=10_000, lrs=(1e-3, 1e-4), eval_every=500, log_every=50, probe_every=100),
         experiments=PRESET_EXPERIMENTS,
-        lp_norms=(Norm.LP1, Norm.LP2, Norm.LPINF),
+        lp_norms=lp_family(include_batchnorm_formula=True),
         threads=0,
         workers=1,  # one GPU: runs in sequence
         checkpoint_every=500,  # a killed 15k-step run loses at most 500 steps
@@ -258,6 +370,8 @@ def to_dict(obj) -> dict:
     """Plain JSON-able dict of a config dataclass (enums by value, tuples as lists)."""
 
     def convert(value):
+        if isinstance(value, Norm):
+            return value.value
         if isinstance(value, enum.Enum):
             return value.value
         if dataclasses.is_dataclass(value):
@@ -270,6 +384,11 @@ def to_dict(obj) -> dict:
 
 
 def _parse_scalar(text: str, kind: type, key: str):
+    if kind is Norm:
+        if text not in norm_names():
+            raise ConfigError(f"{key}={text!r} is not one of {list(norm_names())}; pick one of those (or register "
+                              "a formula with --normaliser-file)")
+        return Norm(text)
     if isinstance(kind, type) and issubclass(kind, enum.Enum):
         allowed = [member.value for member in kind]
         if text not in allowed:

@@ -24,17 +24,13 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-NormFactory = Callable[[int], nn.Module]  # width -> normaliser module for a (N, width) activation
+from .norms import NormFactory, WeightSpaceFactory, match_weight_scales, norm_factory, place_norm
 
 
-def _normaliser(norm: str | NormFactory, bn_eps: float) -> NormFactory | None:
-    if callable(norm):
+def _normaliser(norm: str | NormFactory | WeightSpaceFactory, bn_eps: float) -> NormFactory | WeightSpaceFactory | None:
+    if callable(norm) or isinstance(norm, WeightSpaceFactory):
         return norm
-    if norm == "none":
-        return None
-    if norm == "batchnorm":
-        return lambda width: nn.BatchNorm1d(width, eps=bn_eps)
-    raise ValueError(f"norm={norm!r} is not 'none' or 'batchnorm'; or pass a callable width -> nn.Module")
+    return norm_factory(norm, bn_eps)  # a registered normaliser's name or "none"; ConfigError otherwise
 
 
 def build_dln(depth: int = 25, width: int = 10, norm: str | NormFactory = "none", *,
@@ -42,10 +38,11 @@ def build_dln(depth: int = 25, width: int = 10, norm: str | NormFactory = "none"
               dtype: torch.dtype = torch.float32) -> nn.Sequential:
     """Linear(width, width, bias=False) x depth, a normaliser after each hidden one, Glorot init, train() mode.
 
-    `norm`: "none", "batchnorm" (BatchNorm1d(width, eps=bn_eps)), or a factory width -> module (any
-    other normaliser, e.g. an l_p normalisation; its own init is left as its constructor made it,
-    and it must not draw from the global RNG). Weights draw only from `generator` (None: the global
-    RNG, advanced).
+    `norm`: "none", a registered normaliser's name (`norms.norm_factory`: e.g. "batchnorm" is
+    BatchNorm1d(width, eps=bn_eps)), or a factory from `norms.norm_factory` / a callable width -> module
+    (its own init is left as its constructor made it, and it must not draw from the global RNG). A
+    weight-space normaliser reparametrises the hidden layers themselves. Weights draw only from
+    `generator` (None: the global RNG, advanced).
     """
     if depth < 1 or width < 1:
         raise ValueError(f"depth={depth}, width={width} must both be >= 1")
@@ -54,12 +51,13 @@ def build_dln(depth: int = 25, width: int = 10, norm: str | NormFactory = "none"
     with torch.device("meta"):  # no default (Kaiming) init drawn from the global RNG
         linears = [nn.Linear(width, width, bias=False) for _ in range(depth)]
     for index, linear in enumerate(linears):
-        linear.to_empty(device="cpu")
-        nn.init.xavier_uniform_(linear.weight, generator=generator)
-        layers.append(linear)
-        if factory is not None and index < depth - 1:
-            layers.append(factory(width))
-    return nn.Sequential(*layers).to(dtype).train()
+        placed = place_norm(linear, width, factory) if factory is not None and index < depth - 1 else [linear]
+        placed[0].to_empty(device="cpu")  # the linear layer (reparametrised for a weight-space normaliser)
+        nn.init.xavier_uniform_(placed[0].weight, generator=generator)
+        layers.extend(placed)
+    model = nn.Sequential(*layers)
+    match_weight_scales(model)  # weight-space normalisers: the scale from the initialised direction
+    return model.to(dtype).train()
 
 
 def synthetic_regression(n_samples: int = 1000, width: int = 10, seed: int = 0,

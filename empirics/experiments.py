@@ -12,6 +12,9 @@ carry. Runs asked for by several experiments are trained once, with the union of
                         the deep linear network with lp_norms x dln.lrs (l1 best on the DLN, Fig. 14)
     bounds     §4       BN x train.lrs; thm4.2 curvature and thm4.4 weight-space terms
     dln        Fig. 3/9 deep linear network {none, BN} x dln.lrs; landscape and ICS
+    norms      issue 12 every registered normaliser (theory.normalisers.REGISTRY, --normaliser-file's included;
+                        or norms_normalisers, the CLI's --norm) with {none, BN} as references, at the first lr,
+                        on the first norms_seeds seeds, landscape probes; capture as every run
 
 The comparison probes (landscape, ICS) run every probe_every steps, every early_probe_every steps before
 early_probe_until, and where the smoothed training loss first reaches each progress level
@@ -23,14 +26,17 @@ from __future__ import annotations
 
 import math
 
-from .config import BATCH_STATISTICS, ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
+from theory.normalisers import REGISTRY
+
+from .config import ConfigError, ExperimentConfig, Norm, ProbeConfig, RunSpec
+from .norms import uses_batch_statistics
 
 BASELINE = (Norm.NONE, Norm.BATCHNORM)
 
 
-def _vgg(config: ExperimentConfig, norms, lrs, probes: ProbeConfig) -> list[RunSpec]:
+def _vgg(config: ExperimentConfig, norms, lrs, probes: ProbeConfig, seeds=None) -> list[RunSpec]:
     return [RunSpec(config, norm, lr, seed + config.seed_offset, "vgg1d", probes)
-            for lr in lrs for norm in norms for seed in config.train.seeds]
+            for lr in lrs for norm in norms for seed in (config.train.seeds if seeds is None else seeds)]
 
 
 def train(config: ExperimentConfig) -> list[RunSpec]:
@@ -97,8 +103,22 @@ def dln(config: ExperimentConfig) -> list[RunSpec]:
             for lr in d.lrs for norm in d.norms for seed in config.train.seeds]
 
 
+def norms_measured(config: ExperimentConfig) -> tuple[Norm, ...]:
+    """The norms experiment's normalisers: config.norms_normalisers, or every registered one now (the registry
+    with the --normaliser-file normalisers), in registration order."""
+    return tuple(config.norms_normalisers) or tuple(Norm(name) for name in REGISTRY)
+
+
+def norms(config: ExperimentConfig) -> list[RunSpec]:
+    # the reference networks first (BatchNorm, the paper's subject, and the unnormalised one); runs another
+    # experiment asks for too are trained once (`plan` merges them, with the union of their probes)
+    measured = tuple(dict.fromkeys((*BASELINE, *norms_measured(config))))
+    return _vgg(config, measured, config.train.lrs[:1], _landscape_probes(config),
+                seeds=config.train.seeds[:config.norms_seeds])
+
+
 EXPERIMENTS = {"train": train, "noisy": noisy, "ics": ics, "landscape": landscape, "lp": lp, "bounds": bounds,
-               "dln": dln}
+               "dln": dln, "norms": norms}
 
 
 def plan(config: ExperimentConfig) -> list[RunSpec]:
@@ -128,6 +148,10 @@ def run_specs(config: ExperimentConfig) -> list[RunSpec]:
     return plan(config)
 
 
+# each data set and the models built for its inputs
+DATA_MODELS = {"mnist1d": ("vgg1d",), "digits": ("vgg2d_digits",), "cifar10": ("vgg11", "vgg16")}
+
+
 def validate(config: ExperimentConfig) -> ExperimentConfig:
     """Reject values no run can use, with the rule and the fix."""
     t = config.train
@@ -135,8 +159,10 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"train.steps={t.steps} must be >= 1; give a positive number of steps")
     if any(lr <= 0 for lr in t.lrs):
         raise ConfigError(f"train.lrs={list(t.lrs)} must all be > 0; give positive learning rates")
+    if config.norms_seeds < 1:
+        raise ConfigError(f"norms_seeds={config.norms_seeds} must be >= 1 (the norms experiment's seeds per normaliser)")
     specs = plan(config)  # also rejects unknown experiments
-    batch_statistics = sorted({s.norm.value for s in specs if s.norm in BATCH_STATISTICS and s.kind == "vgg1d"})
+    batch_statistics = sorted({s.norm.value for s in specs if s.kind == "vgg1d" and uses_batch_statistics(s.norm)})
     if t.batch_size < 2 and batch_statistics:
         raise ConfigError(
             f"train.batch_size={t.batch_size} is below 2, where the batch statistics of {', '.join(batch_statistics)} "
@@ -145,7 +171,7 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
     d = config.dln
     if d.steps < 1 or any(lr <= 0 for lr in d.lrs):
         raise ConfigError(f"dln.steps={d.steps} must be >= 1 and dln.lrs={list(d.lrs)} all > 0; fix them")
-    if d.samples < 2 and any(s.norm in BATCH_STATISTICS for s in specs if s.kind == "dln"):
+    if d.samples < 2 and any(uses_batch_statistics(s.norm) for s in specs if s.kind == "dln"):
         raise ConfigError(f"dln.samples={d.samples} is below 2, where batch statistics are undefined; use >= 2")
     for key in ("eval_every", "log_every", "capture_every"):
         if getattr(t, key) < 1:
@@ -156,13 +182,14 @@ def validate(config: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError(f"checkpoint_every={config.checkpoint_every} must be >= 0 (0 turns checkpoints off)")
     if config.threads < 0 or config.workers < 1:
         raise ConfigError(f"threads={config.threads} must be >= 0 and workers={config.workers} >= 1")
-    if config.data.name not in ("mnist1d", "cifar10"):
-        raise ConfigError(f"data.name={config.data.name!r} is not known; use mnist1d or cifar10")
-    if config.model.name not in ("vgg1d", "vgg11", "vgg16"):
-        raise ConfigError(f"model.name={config.model.name!r} is not known; use vgg1d, vgg11 or vgg16")
-    if (config.model.name == "vgg1d") != (config.data.name == "mnist1d"):
-        raise ConfigError(f"model {config.model.name} does not fit data {config.data.name}: "
-                          "use vgg1d with mnist1d, vgg11/vgg16 with cifar10")
+    if config.data.name not in DATA_MODELS:
+        raise ConfigError(f"data.name={config.data.name!r} is not known; use one of {', '.join(DATA_MODELS)}")
+    models = [model for names in DATA_MODELS.values() for model in names]
+    if config.model.name not in models:
+        raise ConfigError(f"model.name={config.model.name!r} is not known; use one of {', '.join(models)}")
+    if config.model.name not in DATA_MODELS[config.data.name]:
+        raise ConfigError(f"model {config.model.name} does not fit data {config.data.name}: use "
+                          + ", ".join(f"{' or '.join(m)} with {d}" for d, m in DATA_MODELS.items()))
     if config.data.name == "cifar10" and not config.data.root:
         raise ConfigError("CIFAR-10 needs its local folder: give --data-root DIR (the cifar-10-batches-py "
                           "folder or its parent); it cannot be downloaded here")

@@ -17,24 +17,21 @@ from torch import nn
 
 from .config import ConfigError, ModelConfig, Norm
 from .data import N_CLASSES, SIGNAL_LENGTH
-from .norms import NormFactory, norm_factory
+from .norms import NormFactory, WeightSpaceFactory, match_weight_scales, norm_factory, place_norm
 from .pooling import PairMaxPool1d
 
 IN_CHANNELS = 1
 
 
-def _conv_blocks(channels: tuple[int, ...], make_norm: NormFactory | None) -> tuple[list[nn.Module], int]:
+def _conv_blocks(channels: tuple[int, ...], make_norm: NormFactory | WeightSpaceFactory | None
+                 ) -> tuple[list[nn.Module], int]:
     """Feature layers and the signal length they leave (each pool halves it, flooring)."""
     layers: list[nn.Module] = []
     length = SIGNAL_LENGTH
     previous = IN_CHANNELS
     for index, width in enumerate(channels):
         conv = nn.Conv1d(previous, width, kernel_size=3, padding=1, bias=True)
-        layers.append(conv)
-        if make_norm is not None:
-            layers.append(make_norm(width))
-        else:
-            conv.norm_slot = True  # where the normaliser would be: the paper's histograms look here
+        layers.extend(place_norm(conv, width, make_norm))  # conv + norm, the reparametrised conv, or the slot
         # not in-place: capture hooks keep the BN output and its gradient, which an in-place
         # ReLU would overwrite
         layers.append(nn.ReLU())
@@ -50,10 +47,10 @@ def _glorot_init(model: nn.Module, generator: torch.Generator | None) -> None:
         if isinstance(module, (nn.Conv1d, nn.Linear)):
             nn.init.xavier_uniform_(module.weight, generator=generator)
             nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.BatchNorm1d):
-            module.reset_parameters()  # gamma = 1, beta = 0, running mean 0 / var 1, no RNG
-        elif getattr(module, "norm_slot", False) and hasattr(module, "reset_parameters"):
-            module.reset_parameters()  # formula normalisers: gamma = 1, beta = 0, no RNG
+        elif hasattr(module, "reset_parameters"):
+            # BatchNorm1d, GroupNorm, formula normalisers: gamma = 1, beta = 0 (running mean 0 / var 1), no RNG
+            module.reset_parameters()
+    match_weight_scales(model)  # weight-space normalisers: the scale from the initialised direction
 
 
 def build_model(

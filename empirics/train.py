@@ -34,16 +34,19 @@ from tqdm import tqdm
 
 from .capture import BoundCapture, concat_rows
 from .cifar import load_cifar10
-from .config import ConfigError, Device, RunSpec, to_dict
+from .config import ConfigError, Device, RunSpec, register_normaliser_files, to_dict
 from .experiments import validate
 from .data import load_mnist1d
+from .digits import IMAGE_SIZE as DIGITS_SIZE
+from .digits import IN_CHANNELS as DIGITS_CHANNELS
+from .digits import load_digits
 from .dln import build_dln, dln_loss, synthetic_regression
 from .models import build_model, norm_layers
 from .norms import norm_factory
 from .phases import PhaseClock
 from .probes import ProbeRecorder
 from .storage import strict_json, write_atomic, write_json
-from .vgg2d import build_vgg2d
+from .vgg2d import build_vgg2d, digits_layers
 
 EVAL_CHUNK = 1000  # samples per forward when evaluating a whole split; bounds memory only
 
@@ -182,10 +185,15 @@ class _Task:
 
 
 def _vgg_task(spec: RunSpec, device: torch.device) -> _Task:
-    """VGG-1d on mnist1d, or a 2-D VGG on CIFAR-10 from its local folder."""
+    """VGG-1d on mnist1d, the 2-D VGG on scikit-learn's digits, or a 2-D VGG on CIFAR-10 from its local folder."""
     config = spec.config
     init_generator, order_generator, noise_generator = _stream_generators(spec.seed)
-    if config.data.name == "cifar10":
+    if config.data.name == "digits":
+        data = load_digits(config.data.seed)
+        model = build_vgg2d(digits_layers(config.model.channels),
+                            norm_factory(spec.norm, config.train.bn_eps, noise_generator, spatial_dims=2),
+                            generator=init_generator, in_channels=DIGITS_CHANNELS, image_size=DIGITS_SIZE).to(device)
+    elif config.data.name == "cifar10":
         data = load_cifar10(config.data.root)
         model = build_vgg2d(config.model.name, norm_factory(spec.norm, config.train.bn_eps, noise_generator,
                                                             spatial_dims=2),
@@ -290,6 +298,7 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
     time of every phase and step (empirics.phases); it is returned as TrainResult.phases.
     """
     clock = clock if clock is not None else PhaseClock()
+    register_normaliser_files(spec.config.normaliser_files)  # a worker process: the user's formulas
     validate(spec.config)
     device = resolve_device(spec.config.device)
     with clock.phase("setup"):
@@ -390,6 +399,40 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
                        phases=clock)
 
 
+def check_trainable(config) -> None:
+    """Build each run's network with every normaliser from a user's file (--normaliser-file) and take one forward
+    and backward on its first batch, before anything is written: a formula with no torch translation, an axis or
+    a width the model cannot host, or a non-finite loss or gradient at initialisation is a ConfigError naming the
+    normaliser and the reason. The project's own normalisers are covered by the tests instead."""
+    from .config import _user_formula
+    from .experiments import run_specs
+
+    seen: set[tuple[str, str]] = set()
+    for spec in run_specs(config):
+        if (spec.kind, spec.norm.value) in seen or _user_formula(spec.norm) is None:
+            continue
+        seen.add((spec.kind, spec.norm.value))
+        name, where = spec.norm.value, "the deep linear network" if spec.kind == "dln" else f"the {config.model.name}"
+        try:
+            task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, torch.device("cpu"))
+            indices = next(task.batches)
+            loss = task.loss_fn(task.model(task.x_train[indices]), task.y_train[indices])
+            loss.backward()
+        except ConfigError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the user's formula failed in torch; say which and why
+            message = str(error).splitlines()[0] if str(error) else ""
+            raise ConfigError(f"normaliser {name} has no working torch translation in {where} ({type(error).__name__}: "
+                              f"{message}); use functions torch provides (sympy.lambdify's torch printer)") from None
+        if not math.isfinite(loss.item()):
+            raise ConfigError(f"normaliser {name} gives {where} a non-finite loss ({loss.item()}) at initialisation, on "
+                              "the first batch; check where its formula divides by zero or leaves its domain")
+        bad = [n for n, p in task.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise ConfigError(f"normaliser {name} gives {where} non-finite gradients at initialisation (first in "
+                              f"{bad[0]}); check where its formula's derivative divides by zero")
+
+
 def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, clock: PhaseClock | None = None) -> dict:
     """Train one run and write spec.json, history.json, captures.npz, probes.npz, then the `done` marker.
 
@@ -398,6 +441,7 @@ def train_run(spec: RunSpec, out_dir: Path, progress: bool = True, clock: PhaseC
     the phases of `train_model` and "write", the time taken by the files.
     """
     clock = clock if clock is not None else PhaseClock()
+    register_normaliser_files(spec.config.normaliser_files)  # before spec.run_id, which hashes a user's formula
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "done").unlink(missing_ok=True)  # a rerun is incomplete until it finishes

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .config import ConfigError
-from .norms import NormFactory
+from .norms import NormFactory, WeightSpaceFactory, match_weight_scales, place_norm
 
 POOL = "M"
 VGG_CONFIGS: dict[str, tuple[int | str, ...]] = {
@@ -65,21 +65,29 @@ def resolve_config(config: str | Sequence[int | str], width_multiplier: float = 
     return tuple(layers)
 
 
-def _feature_layers(layers: tuple[int | str, ...], make_norm: NormFactory | None) -> tuple[list[nn.Module], int, int]:
+def digits_layers(channels: Sequence[int]) -> tuple[int | str, ...]:
+    """The 2-D VGG for 8 x 8 digits (ModelConfig "vgg2d_digits"): vgg1d's plan in 2-D, a max-pool after every
+    second conv (8 -> 4 -> 2 for four convs)."""
+    layers: list[int | str] = []
+    for index, width in enumerate(channels):
+        layers.append(width)
+        if index % 2 == 1:
+            layers.append(POOL)
+    return tuple(layers)
+
+
+def _feature_layers(layers: tuple[int | str, ...], make_norm: NormFactory | WeightSpaceFactory | None,
+                    in_channels: int, image_size: int) -> tuple[list[nn.Module], int, int]:
     """Feature modules, their output channels and the side length they leave (each pool halves it)."""
     modules: list[nn.Module] = []
-    previous, size = IN_CHANNELS, IMAGE_SIZE
+    previous, size = in_channels, image_size
     for item in layers:
         if item == POOL:
             modules.append(nn.MaxPool2d(kernel_size=2, stride=2))
             size //= 2
             continue
         conv = nn.Conv2d(previous, item, kernel_size=3, padding=1, bias=True)
-        modules.append(conv)
-        if make_norm is not None:
-            modules.append(make_norm(item))
-        else:
-            conv.norm_slot = True  # where the normaliser would be: the paper's histograms look here
+        modules.extend(place_norm(conv, item, make_norm))  # conv + norm, the reparametrised conv, or the slot
         # not in-place: capture hooks keep the BN output and its gradient, which an in-place ReLU
         # would overwrite
         modules.append(nn.ReLU())
@@ -107,8 +115,11 @@ def build_vgg2d(
     generator: torch.Generator | None = None,
     width_multiplier: float = 1.0,
     num_classes: int = 10,
+    in_channels: int = IN_CHANNELS,
+    image_size: int = IMAGE_SIZE,
 ) -> nn.Sequential:
-    """A freshly initialised VGG on the CPU, float32, in train() mode, for (N, 3, 32, 32) inputs.
+    """A freshly initialised VGG on the CPU, float32, in train() mode, for (N, in_channels, image_size, image_size)
+    inputs: (N, 3, 32, 32) CIFAR-10 by default, (N, 1, 8, 8) for scikit-learn's digits (`digits_layers`).
 
     config: "vgg11", "vgg16", or a layer list of channel counts and "M" (max-pool), e.g. the test
     size (8, "M", 16, "M"). norm_factory_2d: `norms.norm_factory(norm, eps, noise_generator,
@@ -119,18 +130,19 @@ def build_vgg2d(
     if num_classes < 1:
         raise ConfigError(f"num_classes={num_classes} must be >= 1")
     with torch.device("meta"):
-        features, channels, size = _feature_layers(layers, norm_factory_2d)
+        features, channels, size = _feature_layers(layers, norm_factory_2d, in_channels, image_size)
         if size < 1:
             pools = layers.count(POOL)
-            raise ConfigError(f"VGG configuration has {pools} max-pools, which shrink {IMAGE_SIZE} x {IMAGE_SIZE} "
-                              f"images to nothing; use at most 5")
+            raise ConfigError(f"VGG configuration has {pools} max-pools, which shrink {image_size} x {image_size} "
+                              f"images to nothing; use at most {image_size.bit_length() - 1}")
         model = nn.Sequential(
-            *features,  # (batch, 3, 32, 32) -> (batch, channels, size, size)
+            *features,  # (batch, in_channels, image_size, image_size) -> (batch, channels, size, size)
             nn.Flatten(),  # -> (batch, channels * size * size): 512 for VGG-11/16
             nn.Linear(channels * size * size, num_classes),  # -> (batch, num_classes) logits
         )
     model.to_empty(device="cpu")
     _glorot_init(model, generator)
+    match_weight_scales(model)  # weight-space normalisers: the scale from the initialised direction
     return model.train()
 
 

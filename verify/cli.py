@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from empirics.cifar import load_cifar10, locate_cifar10
-from empirics.config import PRESETS, ConfigError, Device, Executor, override
+from empirics.config import PRESETS, ConfigError, Device, Executor, Norm, override
 from empirics.experiments import run_specs, validate
 from empirics.executors import check_executor
 from empirics.runner import CorruptRunError
-from empirics.train import resolve_device
+from empirics.train import check_trainable, resolve_device
 from theory.normalisers import REGISTRY, load_normaliser_file
 from theory.wellformed import check_well_formed
 from verify import bench, browser, pipeline, stability, summary
@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set train.steps=200 --set train.lrs=0.1,0.5")
     parser.add_argument("--norm", dest="norms", action="append", default=None, metavar="NAME",
-                        help="normaliser(s) to derive, repeatable (default: every registered one: "
+                        help="normaliser(s) to derive and to train in the norms experiment (beside BatchNorm and "
+                             "none), repeatable (default: every registered one: "
                              + ", ".join(sorted(REGISTRY)) + ")")
     parser.add_argument("--normaliser-file", dest="normaliser_files", action="append", default=[], type=Path,
                         metavar="PATH", help="a .py file defining Normaliser(s) to derive too (see README)")
@@ -102,6 +103,10 @@ def resolve_config(args: argparse.Namespace):
         config = dataclasses.replace(config, executor=Executor(args.executor))
     if args.address is not None:
         config = dataclasses.replace(config, address=args.address)
+    if args.norms:  # the normalisers to derive are the ones the norms experiment trains
+        config = dataclasses.replace(config, norms_normalisers=tuple(Norm(name) for name in args.norms))
+    if args.normaliser_files:  # registered again by every process that trains a run (empirics.train)
+        config = dataclasses.replace(config, normaliser_files=tuple(str(Path(p).resolve()) for p in args.normaliser_files))
     for assignment in args.overrides:
         config = override(config, assignment)
     config = validate(config)
@@ -168,7 +173,12 @@ def _normalisers(names: list[str] | None) -> tuple[str, ...] | None:
 
 
 def run(args: argparse.Namespace) -> None:
+    # the user's formulas first: --norm, --set train.norms=... and the norms experiment may name them
+    load_normaliser_files(args.normaliser_files)
+    normalisers = _normalisers(args.norms)
     config = resolve_config(args)
+    if args.command in TRAINING_COMMANDS:
+        check_trainable(config)  # a user's formula that cannot train: one line, before anything is written
     out_dir = args.out if args.out is not None else Path("reports") / args.preset
     if args.command == "readme":
         update_readme(out_dir, Path(__file__).resolve().parent.parent / "README.md")
@@ -180,8 +190,6 @@ def run(args: argparse.Namespace) -> None:
         bench.run_from_args(args, config, args.out if args.out is not None else Path("reports") / args.size)
         return
     started = time.perf_counter()
-    load_normaliser_files(args.normaliser_files)
-    normalisers = _normalisers(args.norms)
     check_output_dir(out_dir)
     if args.command == "stability":
         for line in stability.describe(stability.run_stability(config, args.preset, out_dir,
