@@ -28,8 +28,13 @@ def test_batchnorm_follows_every_hidden_layer_only_and_other_normalisers_plug_in
     assert all(m.eps == 1e-3 for m in bn if isinstance(m, nn.BatchNorm1d))
     custom = build_dln(depth=3, width=3, norm=lambda width: nn.LayerNorm(width), generator=torch.Generator())
     assert [type(m).__name__ for m in custom] == ["Linear", "LayerNorm", "Linear", "LayerNorm", "Linear"]
-    with pytest.raises(ValueError, match="callable"):
-        build_dln(norm="layernorm")
+    # any registered normaliser by name (theory.normalisers.REGISTRY), through empirics.norms
+    layer = build_dln(depth=3, width=4, norm="layernorm", generator=torch.Generator())
+    assert [type(m).__name__ for m in layer] == ["Linear", "GroupNorm", "Linear", "GroupNorm", "Linear"]
+    weight = build_dln(depth=3, width=4, norm="weightnorm", generator=torch.Generator())
+    assert [type(m).__name__ for m in weight] == ["ReparametrisedLinear", "ReparametrisedLinear", "Linear"]
+    with pytest.raises(ValueError, match="not_a_normaliser.*batchnorm"):
+        build_dln(norm="not_a_normaliser")
 
 
 def test_glorot_init_is_seeded_bounded_and_leaves_the_global_rng_alone():
