@@ -57,10 +57,7 @@ class Norm(str, metaclass=_NormType):
         if isinstance(name, Norm):
             return name
         name = str(name)
-        known = cls._interned.get(name)
-        if known is not None:
-            return known
-        names = norm_names()
+        names = norm_names()  # now: a user's formula may have been registered, or withdrawn, since
         if name not in names:
             raise ConfigError(f"norm {name!r} is neither a registered normaliser nor a training variant; use one of "
                               f"{', '.join(names)} (or register a formula with --normaliser-file)")

@@ -83,9 +83,38 @@ BAD = Normaliser(name="bad_fresh_eps", title="t", axis="batch",
 }
 
 
+# Well-formed formulas (they load, and `verify theory` derives them) that no network can train with:
+# `verify all` / `empirics` refuse them before anything is written (empirics.train.check_trainable)
+TRAINING_FILES = {
+    # log of a centred value: NaN for every sample below the mean, so at initialisation
+    "nan_at_init": _NORMALISER_HEADER + '''
+var = sp.Symbol("var", nonnegative=True)
+NAN = Normaliser(name="bad_nan_at_init", title="t", axis="batch: one unit over the m samples",
+                 statistics=((mu, batch_mean(lambda i: y[i], "i")), (var, batch_mean(lambda i: (y[i] - mu) ** 2, "i"))),
+                 hat=lambda sample: sp.log(sample - mu) / sp.sqrt(var + eps), scale=sp.sqrt(var + eps),
+                 scale_of_sigma={})
+''',
+    # Lambert's W: SymPy has it, torch does not (lambdify's torch printer leaves it unnamed)
+    "no_torch_translation": _NORMALISER_HEADER + '''
+var = sp.Symbol("var", nonnegative=True)
+LAMBERT = Normaliser(name="bad_no_torch", title="t", axis="batch: one unit over the m samples",
+                     statistics=((mu, batch_mean(lambda i: y[i], "i")), (var, batch_mean(lambda i: (y[i] - mu) ** 2, "i"))),
+                     hat=lambda sample: sp.LambertW((sample - mu) ** 2 + 1) / sp.sqrt(var + eps),
+                     scale=sp.sqrt(var + eps), scale_of_sigma={})
+''',
+    # an axis no model has a place for
+    "unhosted_axis": _NORMALISER_HEADER + '''
+var = sp.Symbol("var", nonnegative=True)
+TIME = Normaliser(name="bad_time_axis", title="t", axis="time: one unit over its time steps",
+                  statistics=((mu, batch_mean(lambda i: y[i], "i")), (var, batch_mean(lambda i: (y[i] - mu) ** 2, "i"))),
+                  hat=lambda sample: (sample - mu) / sp.sqrt(var + eps), scale=sp.sqrt(var + eps), scale_of_sigma={})
+''',
+}
+
+
 def _normaliser_file(tmp_path: Path, which: str) -> Path:
     path = tmp_path / f"{which}.py"
-    path.write_text(NORMALISER_FILES[which])
+    path.write_text({**NORMALISER_FILES, **TRAINING_FILES}[which])
     return path
 
 
@@ -126,6 +155,15 @@ CASES = {
                                     "from theory.normaliser import eps"),
     "normaliser file that does not import": (["--normaliser-file", "{tmp}/syntax_error.py"],
                                              "failed to import (SyntaxError", "fix the file"),
+    "normaliser that is NaN at initialisation": (["--normaliser-file", "{tmp}/nan_at_init.py"],
+                                                 "normaliser bad_nan_at_init gives the vgg1d a non-finite loss",
+                                                 "check where its formula"),
+    "normaliser without a torch translation": (["--normaliser-file", "{tmp}/no_torch_translation.py"],
+                                               "normaliser bad_no_torch has no working torch translation",
+                                               "use functions torch provides"),
+    "normaliser on an axis no model hosts": (["--normaliser-file", "{tmp}/unhosted_axis.py"],
+                                             "normaliser bad_time_axis: axis 'time: one unit over its time steps' "
+                                             "names no axis the models can host", "start it with one of"),
 }
 
 
@@ -139,7 +177,7 @@ def _prepare(tmp_path: Path) -> None:
     (tmp_path / "a_file").write_text("not a directory\n")
     _write_earlier_results(tmp_path / "old_results", schema=0)
     _write_earlier_results(tmp_path / "old_config", config_schema=99)
-    for which in NORMALISER_FILES:
+    for which in (*NORMALISER_FILES, *TRAINING_FILES):
         _normaliser_file(tmp_path, which)
 
 

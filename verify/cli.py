@@ -174,11 +174,17 @@ def _normalisers(names: list[str] | None) -> tuple[str, ...] | None:
 
 def run(args: argparse.Namespace) -> None:
     # the user's formulas first: --norm, --set train.norms=... and the norms experiment may name them
-    load_normaliser_files(args.normaliser_files)
-    normalisers = _normalisers(args.norms)
-    config = resolve_config(args)
-    if args.command in TRAINING_COMMANDS:
-        check_trainable(config)  # a user's formula that cannot train: one line, before anything is written
+    registered = dict(REGISTRY)
+    try:
+        load_normaliser_files(args.normaliser_files)
+        normalisers = _normalisers(args.norms)
+        config = resolve_config(args)
+        if args.command in TRAINING_COMMANDS:
+            check_trainable(config)  # a user's formula that cannot train: one line, before anything is written
+    except ConfigError:  # a rejected formula is never left registered
+        REGISTRY.clear()
+        REGISTRY.update(registered)
+        raise
     out_dir = args.out if args.out is not None else Path("reports") / args.preset
     if args.command == "readme":
         update_readme(out_dir, Path(__file__).resolve().parent.parent / "README.md")
