@@ -135,3 +135,11 @@ def batches_with_grads_and_eps(draw, min_size: int = 2, max_size: int = MAX_BATC
     """(y, g, eps) with sigma > 0, as `batches_with_eps`, and an upstream gradient of the same size."""
     batch, eps = draw(batches_with_eps(min_size, max_size))
     return batch, draw(upstream_grads(batch.shape[0])), eps
+
+
+@functools.cache
+@st.composite
+def spread_batches_with_grads_and_eps(draw, min_size: int = 2, max_size: int = MAX_BATCH):
+    """(y, g, eps): a non-constant batch (sigma > 0 for every eps >= 0), an upstream gradient, eps >= 0."""
+    batch = draw(spread_batches(min_size, max_size))
+    return batch, draw(upstream_grads(batch.shape[0])), draw(nonnegative_eps())

@@ -1,8 +1,10 @@
-"""obs4.3 (BN can undo itself; the gradient reduction stays) and lem4.5 (ray identity; its premise).
+"""obs4.3 (BN can undo itself; the gradient reduction stays) and lem4.5 (refuted as printed; repaired).
 
 Symbolic identities are tested as "the residual simplifies to 0", with exact rational spot checks by
-routes written here. The premise experiment of lem4.5 is checked for determinism, for agreement
-with closed forms computed here, and its stored violation is re-evaluated in NumPy from scratch.
+routes written here. lem4.5's exact counterexamples (the reconstruction of the published one, the
+project's own) are re-checked here in rational arithmetic by a BN loss typed in this file; the repaired
+lemma is tested on random instances that satisfy its premise (soundness, and equality where it is tight).
+The premise experiment is checked for determinism and for agreement with closed forms computed here.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
 from theory import initialisation, rescaled_optima, rescaling
+from theory.initialisation_counterexamples import PUBLISHED_T, PUBLISHED_X
 from theory.batch_algebra import m, mixed_sum
 from theory.claims import Status
 from theory.derive import derive
@@ -34,9 +37,19 @@ def derivation():
 
 
 @pytest.fixture(scope="module")
-def lemma(derivation):
-    """initialisation.establish for BatchNorm (~4 s: the premise experiment)."""
-    return initialisation.establish(derivation, NO_CONCRETE)["lem4.5"]
+def lemmas(derivation):
+    """initialisation.establish for BatchNorm (~4 s: the premise experiment): lem4.5 and lem4.5-repaired."""
+    return initialisation.establish(derivation, NO_CONCRETE)
+
+
+@pytest.fixture(scope="module")
+def lemma(lemmas):
+    return lemmas["lem4.5"]
+
+
+@pytest.fixture(scope="module")
+def repaired(lemmas):
+    return lemmas["lem4.5-repaired"]
 
 
 # --- obs4.3 --------------------------------------------------------------------------------------------
@@ -163,9 +176,10 @@ def test_premise_experiment_is_deterministic():
     assert rescaled_optima.run_case(case) == rescaled_optima.run_case(case)
 
 
-def test_lem45_is_conditional_and_the_premise_fails_exactly_without_biases(lemma):
-    assert lemma.status is Status.CONDITIONAL, lemma.evidence
-    rows = lemma.extra["premise_experiment"]
+def test_lem45_repaired_is_conditional_and_the_premise_fails_exactly_without_biases(repaired):
+    assert repaired.status is Status.CONDITIONAL, repaired.evidence
+    assert repaired.conditions[0] == initialisation.PREMISE_LATEX
+    rows = repaired.extra["premise_experiment"]
     assert len(rows) == len(rescaled_optima.CASES)
     for row in rows:
         assert row["trained_vs_closed_form_over_var"] < 1e-10, row
@@ -179,12 +193,72 @@ def test_lem45_is_conditional_and_the_premise_fails_exactly_without_biases(lemma
             assert row["bn_loss"] < row["standard_loss"]
         if row["hidden"]:  # standard optima form a cone: the improvement term vanishes at the closest W*
             assert row["improvement_term_fraction_median"] < 1e-12, row
+    json.dumps(repaired.as_dict())
+
+
+def test_lem45_as_printed_is_refuted_by_the_published_reconstruction_and_the_projects_own(lemma):
+    assert lemma.status is Status.REFUTED and lemma.measured_check == "refuted", lemma.evidence
+    sources = [c["source"] for c in lemma.extra["counterexamples"]]
+    assert sum("arXiv:2502.17913" in s for s in sources) == 2 and sum("this project" in s for s in sources) == 1
+    assert "RECONSTRUCTION" in lemma.evidence and lemma.counterexample.W0 == lemma.counterexample.W_star
     json.dumps(lemma.as_dict())
 
 
-def test_stored_lemma_violation_recomputed_from_scratch(lemma):
-    """Re-evaluate the attached W0 in NumPy: the ordinary least-squares optima are recomputed here."""
-    found = lemma.counterexample
+def _bn_loss(X: sp.Matrix, t: sp.Matrix, w: sp.Matrix, gamma_value=1, beta_value=0) -> sp.Expr:
+    """Mean squared error of gamma yhat(X w) + beta, eps = 0, typed here."""
+    y = X * w
+    centred = y - sp.ones(X.rows, 1) * sum(y) / X.rows
+    yhat = centred / sp.sqrt(sum(v**2 for v in centred) / X.rows)
+    return sum((gamma_value * h + beta_value - target) ** 2 for h, target in zip(yhat, t)) / X.rows
+
+
+def test_published_reconstruction_matches_its_description_exactly():
+    """3 points in R^2: BN loss (gamma = 1, beta = 0) stationary on the ray 3 w1 = 5 w2 and lowest there (w1 > 0),
+    the standard optimum W* solves the normal equations, and the BN gradient at W* is not 0 -- all exact."""
+    X, t = sp.Matrix(PUBLISHED_X), sp.Matrix(PUBLISHED_T)
+    w1, w2, c = sp.symbols("w1 w2 c", positive=True)
+    loss = _bn_loss(X, t, sp.Matrix([w1, w2]))
+    on_ray = {w1: 5 * c, w2: 3 * c}
+    assert all(sp.simplify(sp.diff(loss, v).subs(on_ray)) == 0 for v in (w1, w2))
+    ray_loss = sp.simplify(loss.subs(on_ray))
+    assert not ray_loss.has(c)  # the loss is constant along the ray (BN's scale invariance) ...
+    assert sp.simplify(_bn_loss(X, t, sp.Matrix([-5, -3])) - ray_loss).is_positive  # ... and the opposite ray is worse
+    (w_star,) = sp.linsolve((X.T * X, X.T * t), [w1, w2])
+    w_star = sp.Matrix(w_star)
+    gradient = [sp.simplify(sp.diff(loss, v).subs({w1: w_star[0], w2: w_star[1]})) for v in (w1, w2)]
+    assert any(value != 0 for value in gradient), gradient
+    assert sp.simplify(_bn_loss(X, t, w_star) - ray_loss) > 0  # W* is not a BN optimum
+
+
+def test_lem45_counterexamples_violate_the_printed_lemma_exactly(lemma):
+    """Each stored W0: ||W0 - What*||^2 > RHS in exact rationals, the optima recomputed here (normal equations;
+    the BN optimum set is the line of the centred least-squares direction, its closest point a projection).
+    X, t, W0 are stored as integers or float64 values (decimal strings that round-trip): read exactly."""
+    exact = lambda text: sp.Rational(float(text))  # a float64 is a binary rational: no rounding
+    for found in lemma.extra["counterexamples"]:
+        X = sp.Matrix([[exact(v) for v in row] for row in found["X"]])
+        t, w0 = sp.Matrix([exact(v) for v in found["t"]]), sp.Matrix([exact(v) for v in found["W0"]])
+        w_star = (X.T * X).LUsolve(X.T * t)
+        Xc, tc = X - sp.ones(X.rows, 1) * sp.ones(1, X.rows) * X / X.rows, t - sp.ones(X.rows, 1) * sum(t) / X.rows
+        direction = (Xc.T * Xc).LUsolve(Xc.T * tc)
+        dot = lambda p, q: (p.T * q)[0]
+        w_bn = dot(w0, direction) / dot(direction, direction) * direction
+        lhs = dot(w0 - w_bn, w0 - w_bn)
+        rhs = dot(w0 - w_star, w0 - w_star) - (dot(w_star, w_star) - dot(w_star, w0)) ** 2 / dot(w_star, w_star)
+        assert dot(w0, w_star) > 0 and lhs > rhs, (found["source"], lhs, rhs)
+        assert lhs == sp.Rational(found["lhs"]) and rhs == sp.Rational(found["rhs"])
+
+
+def test_own_counterexample_is_the_experiments_violation_in_exact_arithmetic(lemma):
+    own = next(c for c in lemma.extra["counterexamples"] if "this project" in c["source"])
+    assert own["float64_lhs_rhs"][0] == pytest.approx(float(sp.Rational(own["lhs"])), rel=1e-9)
+    assert own["float64_lhs_rhs"][1] == pytest.approx(float(sp.Rational(own["rhs"])), rel=1e-9)
+    assert own["W_star_parallel_to_bn_direction"] is False  # the premise fails: W* is not on the BN optimum line
+
+
+def test_experiments_float_violation_recomputed_from_scratch():
+    """The premise experiment's own W0 (float64), re-evaluated in NumPy: the least-squares optima recomputed here."""
+    _, found = initialisation.premise_experiment()
     X, t = np.asarray(found.X), np.asarray(found.t)
     w0, w_star, w_bn = (np.asarray(v) for v in (found.W0, found.W_star, found.W_bn))
     assert w0 @ w_star > 0
@@ -200,6 +274,59 @@ def test_stored_lemma_violation_recomputed_from_scratch(lemma):
     assert found.premise_gap_over_var > 1e-3  # W* itself is not a BN optimum
 
 
+# --- lem4.5-repaired on instances that satisfy its premise ------------------------------------------------------
+
+
+def _lemma_sides(w0, w_star, bn_optimum) -> tuple[float, float]:
+    lhs = float(np.sum((w0 - bn_optimum) ** 2))
+    return lhs, rescaled_optima.ray_distance_sq(w0[:, None], w_star[:, None])
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(3, 12), st.integers(1, 4))
+def test_repaired_lemma_is_tight_for_one_layer_with_bias(seed, samples, features):
+    """Premise holds (standard network with bias: its optimum W* = v_c spans the BN optimum line): equality."""
+    rng = np.random.default_rng(seed)
+    X, t = rng.normal(size=(samples, features)) + 1.0, rng.normal(size=samples)
+    assume_full_rank = np.linalg.matrix_rank(X - X.mean(0)) == features
+    if not assume_full_rank or samples <= features:
+        return
+    case = rescaled_optima.Case("one layer with bias", 0, True, samples=samples, features=features)
+    w0 = rng.normal(size=(features, 1))
+    w_star = rescaled_optima.closest_optimum(case, False, w0, X, t)
+    if float(np.sum(w0 * w_star)) <= 1e-6 * float(np.sum(w_star**2)):
+        return  # outside the hypothesis <W0, W*> > 0
+    lhs, rhs = _lemma_sides(w0.ravel(), w_star.ravel(), rescaled_optima.closest_optimum(case, True, w0, X, t).ravel())
+    scale = float(np.sum(w0**2)) + 1.0
+    assert lhs == pytest.approx(rhs, abs=1e-9 * scale), (lhs, rhs)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 5), st.integers(0, 4))
+def test_repaired_lemma_holds_whenever_the_ray_lies_in_the_optimum_set(seed, dimension, extra_points):
+    """Any BN optimum set S containing the ray {c W*}: its closest point is at most the ray distance away."""
+    rng = np.random.default_rng(seed)
+    w_star, w0 = rng.normal(size=dimension), rng.normal(size=dimension)
+    if w0 @ w_star <= 1e-6 or w_star @ w_star < 1e-6:
+        return
+    candidates = [w0 @ w_star / (w_star @ w_star) * w_star] + list(rng.normal(size=(extra_points, dimension)) * 3)
+    closest = min(candidates, key=lambda p: float(np.sum((w0 - p) ** 2)))
+    lhs, rhs = _lemma_sides(w0, w_star, closest)
+    assert lhs <= rhs + 1e-12 * (w0 @ w0 + 1.0)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_repaired_lemma_says_nothing_new_for_a_cone_of_standard_optima(seed):
+    """Two linear layers with biases: the premise holds, the improvement term is 0 at the closest W*, and the
+    bound reduces to ||W0 - What*||^2 <= ||W0 - W*||^2."""
+    case = rescaled_optima.CASES[2]
+    X, t = rescaled_optima.problem(case)
+    w0 = np.random.default_rng(seed).normal(size=(case.features, case.hidden))
+    w_star = rescaled_optima.closest_optimum(case, False, w0, X, t)
+    lhs, rhs = _lemma_sides(w0.ravel(), w_star.ravel(), rescaled_optima.closest_optimum(case, True, w0, X, t).ravel())
+    improvement = (np.sum(w_star**2) - np.sum(w_star * w0)) ** 2 / np.sum(w_star**2)
+    scale = float(np.sum(w0**2)) + 1.0
+    assert improvement <= 1e-10 * scale and lhs <= rhs + 1e-10 * scale
+
+
 # --- wiring ----------------------------------------------------------------------------------------------
 
 
@@ -210,6 +337,6 @@ def test_establish_all_carries_the_rescaling_weight_space_and_initialisation_cla
 
     claims = establish_all(BATCHNORM)
     expected = {"obs4.3": Status.PROVED, "thm4.4-per-unit": Status.PROVED, "thm4.4": Status.CONDITIONAL,
-                "thm4.4-printed": Status.REFUTED, "lem4.5": Status.CONDITIONAL}
+                "thm4.4-printed": Status.REFUTED, "lem4.5": Status.REFUTED, "lem4.5-repaired": Status.CONDITIONAL}
     assert {claim: claims[claim].status for claim in expected} == expected
     json.dumps({claim: result.as_dict() for claim, result in claims.items()})

@@ -5,7 +5,10 @@
   inputs and tight (X X^T = I and eps = 0);
 - WeightNorm: ||J^T X^T delta||^2 <= RHS_4.1 with ||g||^2 -> ||X||_2^2 ||delta||^2, tight for rank-one
   X, and the minimax value c lambda^2 ||delta||^2 attained by X^T delta orthogonal to vhat;
-- l1, l-inf: the inherited counterexample (X = I) re-evaluated by a forward typed in the tests, exactly;
+- the concrete-m fallback (for a normaliser with no closed form even on a smooth piece), exercised on l1 and
+  l-inf: BatchNorm's typed right side with their own sigma, refuted only by a violation where it is positive,
+  the inherited counterexample (X = I) re-evaluated by a forward typed in the tests, exactly (their own
+  analogues are in `test_theory_lp_analogues`);
 - dropping assumptions: eps < 0 breaks the per-sample bound; d < m breaks the minimax equality.
 
 The numeric sides come from the bridge (`theory.numeric`); V, J^T g and X^T V are formed here.
@@ -71,12 +74,13 @@ def test_weightnorm_gets_a_proved_per_unit_bound_and_a_minimax_without_reduction
     assert sp.simplify(parse(witness["lhs"]) - parse(witness["rhs"])) == 0 and parse(witness["lhs"]) != 0
 
 
-def test_normalisers_without_a_closed_form_inherit_the_thm41_counterexample(concrete_analogues):
+def test_concrete_fallback_inherits_the_thm41_counterexample_with_a_positive_right_side(concrete_analogues):
     for name in CONCRETE_ONLY:
         for claim in ("thm4.4-per-unit", "thm4.4"):
             result = concrete_analogues[name][claim]
             assert result.status is Status.REFUTED and result.general_m is False, (name, claim, result.evidence)
             assert result.extra["x_identity_transfer"]["violated"] is True
+            assert sp.Rational(result.extra["x_identity_transfer"]["rhs"]) > 0  # not a number below zero
 
 
 # --- per-sample groups: float64 soundness and tightness ----------------------------------------------------
@@ -236,7 +240,7 @@ def test_inherited_counterexample_violates_the_weight_statement_exactly(concrete
     norm = (sum(abs(d) for d in deviations) / size if name == "lp1" else max(abs(d) for d in deviations)) + epsilon
     g_dot_yhat = sum(gv * d for gv, d in zip(grad, deviations)) / norm
     rhs = x_op_sq * gamma_value**2 / norm**2 * (sum(gv**2 for gv in grad) - sum(grad) ** 2 / size - g_dot_yhat**2 / size)
-    assert lhs.is_Rational and rhs.is_Rational
+    assert lhs.is_Rational and rhs.is_Rational and rhs > 0
     assert lhs > rhs, f"not a counterexample: ||dL/dW||^2 = {lhs} <= ||X||_2^2 RHS = {rhs}"
     assert lhs == sp.Rational(result.extra["x_identity_transfer"]["lhs"])
 

@@ -80,6 +80,22 @@ def grad_sq_norm_tolerance(m: int, kappa: float) -> Tolerance:
     )
 
 
+def oblique_grad_sq_norm_tolerance(m: int, kappa: float) -> Tolerance:
+    """Budget for ||J^T g||^2 and its bounds when J = (gamma/sigma) P with P an oblique projector (l1, l-inf).
+
+    The same error per unit of the scale as `grad_sq_norm_tolerance` (the chain is as short: centre, one
+    reduction, signs or an argmax, which are exact off the kinks), but relative to (m + 2) gamma^2 ||g||^2 /
+    sigma^2: here ||P||_2^2 <= m + 2 (its supremum at eps = 0 is m/2 for l1 and m - 1 for l-inf, and eps adds
+    at most 2), so every term of ||J^T g||^2 and of the bounds is at most that big.
+    """
+    return Tolerance(
+        name="OBLIQUE_GRAD_SQ_NORM_FLOAT64",
+        rtol=ROUNDING_CHAIN_FACTOR * m * m * UNIT_ROUNDOFF * kappa,
+        reason=(f"float64 vs float64: entrywise budget m*u*kappa (m={m}, kappa={kappa:.3g}) summed over m terms, "
+                f"times {ROUNDING_CHAIN_FACTOR:g}; scale (m + 2) gamma^2 ||g||^2 / sigma^2 (||P||_2^2 <= m + 2)"),
+    )
+
+
 def _worst_entries(excess: np.ndarray, actual: np.ndarray, expected: np.ndarray, allowed: np.ndarray,
                    count: int = 5) -> str:
     flat = np.argsort(-excess, axis=None)[:count]

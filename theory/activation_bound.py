@@ -9,9 +9,10 @@ the bound is (gamma^2/sigma^2) B(0): the eps-free reduction that the normaliser'
 (checked: the residual against the typed statement simplifies to 0). The main text's variant with
 1/sqrt(m) is typed as printed and applies to normalisers of the paper's form.
 
-A normaliser without a symbolic-m closed form (l1, l-inf: `derive` raises NoClosedForm) has no
-derived analogue; `establish_concrete` checks the paper's typed form with that normaliser's own
-scale and yhat at concrete m instead (status `checked` or `refuted`, general_m false).
+A normaliser without a closed form in batch moments (l1, l-inf) gets its own analogue on a smooth
+piece (`piecewise`, `lp_bounds`); only when that fails too does `establish_concrete` check the paper's
+typed form with that normaliser's own scale and yhat at concrete m (status `checked`, or `refuted` by a
+violation with a positive right side; general_m false).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from theory.claims import ACTIVATION_ASSUMPTIONS, G1, G2, ClaimResult, Status, t
 from theory.counterexample import check_at_points, search_counterexample
 from theory.derive import Derivation
 from theory.normaliser import Normaliser, eps, g_hat, gamma, sigma
+from theory.signs import is_nonnegative
 
 LHS_LATEX = r"\|\nabla_{y_j}\hat{\mathcal{L}}\|^2"
 
@@ -69,22 +71,24 @@ def _establish_one(claim_id: str, rhs: sp.Expr, derivation: Derivation, concrete
     )
     if slack == 0:
         return ClaimResult(status=Status.PROVED, equality="identity: equality for every g and every eps",
+                           measured_check="identity",
                            evidence="SymPy: RHS - LHS simplifies to 0 for symbolic m; " + concrete[1] + note,
                            **common)
-    if slack.is_nonnegative:
+    if is_nonnegative(slack):  # under m >= 2 (`signs`): an m/(m - 1) factor is decided too
         at_zero = sp.simplify(slack.subs(eps, 0)) == 0
         equality = ("equality at eps = 0 for every g (the Jacobian is then gamma/sigma times an orthogonal "
                     "projector); for eps > 0 equality iff <g, yhat> = 0" if at_zero else "")
-        return ClaimResult(status=Status.PROVED, equality=equality, evidence=(
-            "SymPy: RHS - LHS factors into terms nonnegative under the assumptions, for symbolic m; "
+        return ClaimResult(status=Status.PROVED, equality=equality, measured_check="identity" if at_zero else "bound",
+                           evidence=(
+            "SymPy: RHS - LHS factors into terms nonnegative under the assumptions (m >= 2), for symbolic m; "
             + concrete[1] + note), **common)
     found = search_counterexample(derivation, rhs.subs(sigma, normaliser.scale))
     if found is not None:
-        return ClaimResult(status=Status.REFUTED, counterexample=found, evidence=(
+        return ClaimResult(status=Status.REFUTED, counterexample=found, measured_check="refuted", evidence=(
             f"exact counterexample at m = {found.m}, eps = {found.epsilon}: LHS = {found.lhs} > RHS = "
             f"{sp.nsimplify(found.rhs)} (LHS by the concrete-m Jacobian, not the closed form)"), **common)
     return ClaimResult(status=Status.CHECKED, evidence="no proof and no counterexample found; " + concrete[1],
-                       **common)
+                       measured_check="bound", **common)
 
 
 # Results depend on the forward formula alone, not on the axis: shared by normalisers of one formula (`statements`).
@@ -127,11 +131,15 @@ def establish_concrete(normaliser: Normaliser, reason: str) -> dict[str, ClaimRe
     """thm4.1 for a normaliser without a symbolic-m closed form, checked exactly at concrete m.
 
     The statement is the paper's typed form (c = 1/m) with this normaliser's own scale as sigma
-    and its own yhat; the left side comes from the concrete-m Jacobian. No proof is claimed.
+    and its own yhat; the left side comes from the concrete-m Jacobian. No proof is claimed, and only a
+    violation with a positive right side refutes it. Used only for a normaliser that has no closed form
+    on a smooth piece either (`piecewise`); l1 and l-inf get their own analogue (`lp_bounds`).
     """
     rhs = paper_bound(APPENDIX_C)
+    # positive_rhs_only: this right side is BatchNorm's, not derived for this normaliser, and can be negative;
+    # a nonnegative left side above a negative number would say nothing about the normaliser's gradient
     check = check_at_points(normaliser, rhs.subs(sigma, normaliser.scale), sizes=CONCRETE_SIZES,
-                            epsilons=CONCRETE_EPSILONS)
+                            epsilons=CONCRETE_EPSILONS, positive_rhs_only=True)
     common = dict(
         claim="thm4.1", normaliser=normaliser.name, general_m=False,
         statement_latex=rf"{LHS_LATEX} \le {_scaled_latex(rhs)}",
@@ -145,9 +153,9 @@ def establish_concrete(normaliser: Normaliser, reason: str) -> dict[str, ClaimRe
     where = "LHS by the concrete-m Jacobian (statistics written out, differentiated exactly)"
     found = check.counterexample
     if found is not None:
-        return {"thm4.1": ClaimResult(status=Status.REFUTED, counterexample=found, evidence=(
+        return {"thm4.1": ClaimResult(status=Status.REFUTED, counterexample=found, measured_check="refuted", evidence=(
             f"exact counterexample at m = {found.m}, eps = {found.epsilon}: LHS = {found.lhs} > RHS = "
             f"{sp.nsimplify(found.rhs)} ({where}); searched {check.describe()}"), **common)}
-    return {"thm4.1": ClaimResult(status=Status.CHECKED, evidence=(
+    return {"thm4.1": ClaimResult(status=Status.CHECKED, measured_check="bound", evidence=(
         f"no symbolic-m closed form ({reason}); holds exactly at every one of {check.describe()}; {where}"),
         **common)}

@@ -35,6 +35,20 @@ def to_latex(expr: sp.Expr) -> str:
     return sp.latex(expr, symbol_names=names)
 
 
+# What a measured check of a statement on network captures checks (`ClaimResult.measured_check`).
+MEASURED_CHECKS = {
+    "identity": ("holds with equality at eps = 0 for every input: a measured check compares two computations of one "
+                 "number, so it tests the derivation and the measurement pipeline, not the paper (ratio 1 at eps = 0)"),
+    "bound": ("an inequality with slack; when proved, a measured check can fail only through a numerical bug (it "
+              "tests the derivation and the pipeline), and the measured ratio says how much of the slack networks use"),
+    "conditional": ("holds only under stated conditions: on measured rows, how often the conditions hold is the "
+                    "empirical content"),
+    "refuted": ("false as stated (an exact counterexample is attached): measured violations say how often its "
+                "situation arises in training"),
+    "none": "no measured check on network captures (the statement is about optima or data, not one batch)",
+}
+
+
 class Status(str, enum.Enum):
     PROVED = "proved"
     CHECKED = "checked"
@@ -59,6 +73,13 @@ class ClaimResult:
     concrete_m_checked: tuple[int, ...] = ()
     conditions: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)  # JSON-able evidence specific to one statement
+    measured_check: str = "none"  # a key of MEASURED_CHECKS
+    same_statement_as: str = ""  # the first registered normaliser with the very same statement (`statements`)
+
+    def __post_init__(self):
+        if self.measured_check not in MEASURED_CHECKS:
+            raise ValueError(f"{self.claim}: measured_check {self.measured_check!r} must be one of "
+                             f"{', '.join(MEASURED_CHECKS)}")
 
     def as_dict(self) -> dict:
         out = {
@@ -73,6 +94,8 @@ class ClaimResult:
             "equality": self.equality,
             "concrete_m_checked": list(self.concrete_m_checked),
             "conditions": list(self.conditions),
+            "measured_check": self.measured_check,
+            "same_statement_as": self.same_statement_as or None,
             **self.extra,
         }
         if self.counterexample is not None:

@@ -267,7 +267,7 @@ def statistics_at(derivation: Derivation, size: int) -> dict:
     """The statistics of a concrete batch as explicit expressions in y_1..y_size (via raw moments)."""
     ys = batch_symbols(size)
     moments = {sp.Symbol(f"M_{a}", real=True): sum(v**a for v in ys) / size for a in range(1, 5)}
-    return {s: e.subs(moments) for s, e in derivation.statistics_in_moments.items()}
+    return {s: e.subs(moments).subs(m, size) for s, e in derivation.statistics_in_moments.items()}
 
 
 def general_jacobian_at(derivation: Derivation, size: int) -> sp.Matrix:

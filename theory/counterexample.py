@@ -102,6 +102,7 @@ def check_at_points(
     per_size: int = 60,
     epsilons=(sp.Integer(0),),
     seed: int = 0,
+    positive_rhs_only: bool = False,
 ) -> PointCheck:
     """Compare ||J^T g||^2 with `rhs` exactly at sampled integer points; stop at the first m that fails.
 
@@ -109,6 +110,8 @@ def check_at_points(
     written out; for normalisers without a symbolic-m closed form). `rhs` is an expression in
     G_1, G_2, G_hat, m, gamma, eps and the normaliser's statistics. For each eps in turn, sizes
     are searched in order and the simplest violating point of the first failing size is returned.
+    With `positive_rhs_only`, a violation counts only where rhs > 0 (for a right side that can be
+    negative, a nonnegative left side above a negative number says nothing about the gradient).
     """
     derivation = target if isinstance(target, Derivation) else None
     normaliser = target.normaliser if derivation is not None else target
@@ -133,7 +136,7 @@ def check_at_points(
                 checked += 1
                 if right.is_positive:
                     max_ratio = max(max_ratio, float(lhs / right))
-                if _exceeds(lhs, right):
+                if _exceeds(lhs, right) and (not positive_rhs_only or right.is_positive):
                     found.append((sum(abs(v) for v in point.values() if v.is_Integer), point, lhs, right))
             if found:
                 _, point, lhs, right = min(found, key=lambda item: item[0])

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import sympy as sp
 
-from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, solve_moments, y
+from theory.batch_algebra import g, k, l, m, mixed_sum, reduce_sums, sign_parity, solve_moments, y
 from theory.cache import cached
 from theory.normaliser import Normaliser, g_hat
 
@@ -74,7 +74,7 @@ def _derive_expressions(normaliser: Normaliser) -> tuple:
         statistics_in_moments[symbol] = sp.expand(statistics_in_moments[symbol].subs(statistics_in_moments))
 
     def reduced(expr: sp.Expr) -> sp.Expr:
-        return sp.simplify(expr.subs(moments))
+        return sp.simplify(sign_parity(expr.subs(moments)))  # sign_parity: a no-op without sign patterns
 
     jacobian = reduced(reduce_sums(sp.diff(normaliser.forward_inlined(l), y[k])))
     backward = reduced(_sum_over(jacobian * g[l], l))

@@ -44,7 +44,7 @@ def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
         derived_latex=r"\frac{\partial z_l}{\partial y_k} = " + to_latex(derivation.jacobian),
         slack_latex=(rf"\text{{residuals: backward}} = {sp.latex(backward_residual)},\ "
                      rf"\text{{Jacobian}} = {sp.latex(jacobian_residual)}"),
-        equality="identity (exact for every eps >= 0, with sigma including eps)",
+        equality="identity (exact for every eps >= 0, with sigma including eps)", measured_check="identity",
         concrete_m_checked=concrete[0],
         evidence=("SymPy: derived Jacobian and backward map minus the paper's formulas simplify to 0 for "
                   "symbolic m and eps; " + concrete[1] if proved else "the residual does not simplify to 0"),

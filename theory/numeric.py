@@ -57,16 +57,17 @@ def _grad_sq_norm(target):
 def _bounds(target) -> dict[str, sp.Expr]:
     try:
         return bound_expressions(derive(target))
-    except NoClosedForm:  # no derived analogue: the statement checked is the paper's typed form (activation_bound)
-        return {"thm4.1": paper_bound(APPENDIX_C)}
+    except NoClosedForm:  # l1, l-inf: their thm4.1 needs more reductions (`piecewise_callable`)
+        return {"thm4.1-batchnorm-rhs": paper_bound(APPENDIX_C)}
 
 
 def activation_bound(claim_id: str, normaliser: str = "batchnorm"):
     """f(g_sq, g_sum, g_yhat, m, gamma, sigma) = the right side of thm4.1 (or a variant) for `normaliser`.
 
-    For a normaliser without a symbolic-m closed form (l1, l-inf) thm4.1 is the paper's typed form
-    (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - <g,yhat>^2/m) with its own sigma and yhat: the statement
-    `activation_bound.establish_concrete` checks.
+    For a normaliser without a closed form in batch moments (l1, l-inf) the one bound of this signature is
+    "thm4.1-batchnorm-rhs": BatchNorm's (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - <g,yhat>^2/m) with the
+    normaliser's own sigma and yhat -- a comparison, not its thm4.1 (`lp_bounds`); its own thm4.1 and
+    thm4.1-reduction take other reductions: `piecewise_callable`.
     """
     return _activation_bound(claim_id, _normaliser(normaliser))
 
@@ -75,7 +76,9 @@ def activation_bound(claim_id: str, normaliser: str = "batchnorm"):
 def _activation_bound(claim_id: str, target):
     bounds = _bounds(target)
     if claim_id not in bounds:
-        raise KeyError(f"no activation bound {claim_id!r} for {target.name}; known: {', '.join(bounds)}")
+        hint = ("; its thm4.1 needs per-group reductions beyond (g_sq, g_sum, g_yhat): use "
+                "numeric.piecewise_callable") if "thm4.1-batchnorm-rhs" in bounds else ""
+        raise KeyError(f"no activation bound {claim_id!r} for {target.name}; known: {', '.join(bounds)}{hint}")
     return sp.lambdify(_INVARIANT_ARGS[:-1], bounds[claim_id], "numpy")
 
 
@@ -224,9 +227,10 @@ def weight_grad_bound(normaliser: str = "batchnorm"):
 
     x_op_sq = ||X||_2^2 is the squared spectral norm of the layer's input batch X (m x d), y = X W.
 
-    - groups over the batch (BatchNorm, l1, l2, l-inf): bounds ||dL-hat/dW_(.j)||^2 = ||X^T dL-hat/dy_j||^2
+    - groups over the batch (BatchNorm, l2): bounds ||dL-hat/dW_(.j)||^2 = ||X^T dL-hat/dy_j||^2
       by ||X||_2^2 RHS_thm4.1; a = g_sq = ||g||^2 and the rest as for `activation_bound`, over unit j's
-      batch (g = dL-hat/dz_j). For l1 and l-inf RHS_thm4.1 is the typed form, which is refuted for them.
+      batch (g = dL-hat/dz_j). l1 and l-inf: their RHS_thm4.1 takes more reductions (`piecewise_callable`,
+      "thm4.1", times x_op_sq): KeyError here.
     - weight-space normalisers (WeightNorm, w_j = gamma v_j/||v_j||): bounds ||dL-hat/dv_j||^2 by RHS_thm4.1
       with ||g||^2 -> ||X||_2^2 ||delta_j||^2; a = dy_sq = ||delta_j||^2, delta_j = dL-hat/dy_j, and
       g_sum = <1, X^T delta_j>, g_yhat = <X^T delta_j, v_j/||v_j||>, m = d, sigma = ||v_j||.
@@ -235,6 +239,9 @@ def weight_grad_bound(normaliser: str = "batchnorm"):
     """
     target = _normaliser(normaliser)
     layout = group_layout(target)
+    if "thm4.1" not in _bounds(target):
+        raise KeyError(f"no weight bound of this signature for {normaliser}: its thm4.1 needs per-group reductions "
+                       "beyond (g_sq, g_sum, g_yhat); multiply numeric.piecewise_callable('thm4.1', ...) by x_op_sq")
     bound = _bounds(target)["thm4.1"]
     if layout is GroupLayout.ROW:
         raise KeyError(f"no per-unit weight bound for {normaliser}: its groups are {layout.value} ({target.axis!r}), "
@@ -298,3 +305,65 @@ def minimax_weight_bound(claim_id: str):
     expr = forms[claim_id]().subs(weight_space.g_j, weight_space.lam**2 * _G2).subs(weight_space.lam**2, x_op_sq)
     expr = expr.subs(weight_space.lam, sp.sqrt(x_op_sq))
     return sp.lambdify((x_op_sq, *_INVARIANT_ARGS[:-1]), expr, "numpy")
+
+
+# --- l1 / l-inf on one smooth piece (`piecewise`, `lp_bounds`): callables in named per-group reductions -----
+
+from theory import oblique_projector, piecewise
+
+_REDUCTION_NAMES = {**piecewise.INVARIANTS, m: "m", gamma: "gamma", sigma: "sigma", eps: "eps"}
+_REDUCTION_ORDER = ("g_sq", "g_sum", "g_yhat", "g_sign", "sign_mean", "g_at_max", "sign_at_max", "yhat_sq", "m",
+                    "gamma", "sigma", "eps")
+
+
+def _piecewise_expression(claim_id: str, target) -> sp.Expr:
+    derivation = piecewise.derive_piecewise(target)
+    if claim_id == "grad_sq_norm":
+        return derivation.in_sigma(derivation.grad_sq_norm)
+    if claim_id == "thm4.1":
+        return oblique_projector.bound_expression(derivation)
+    if claim_id == "thm4.1-reduction":
+        return gamma**2 / sigma**2 * (_G2 - _G1**2 / m)
+    raise KeyError(f"no piecewise expression {claim_id!r}; known: grad_sq_norm, thm4.1, thm4.1-reduction")
+
+
+@functools.cache
+def piecewise_callable(claim_id: str, normaliser: str):
+    """f(*reductions) for l1 / l-inf (any normaliser `piecewise.derive_piecewise` handles); f.reductions names them.
+
+    claim_id: "grad_sq_norm" (||J^T g||^2, exact on the smooth piece), "thm4.1" (the own analogue's right side,
+    (gamma^2/sigma^2) ||P||_2^2 (||g||^2 - <1,g>^2/m)) or "thm4.1-reduction" ((gamma^2/sigma^2)(||g||^2 - <1,g>^2/m)).
+    The arguments are per-group reductions, in the order of f.reductions (`piecewise.REDUCTION_MEANINGS`):
+        l1     grad_sq_norm: g_sq, g_sum, g_yhat, g_sign, sign_mean, m, gamma, sigma
+               thm4.1:       g_sq, g_sum, sign_mean, yhat_sq, m, gamma, sigma, eps
+        l-inf  grad_sq_norm: g_sq, g_sum, g_yhat, g_at_max, sign_at_max, m, gamma, sigma
+               thm4.1:       g_sq, g_sum, yhat_sq, m, gamma, sigma, eps
+    with g_sign = <g, sign(y - mu)>, sign_mean = mean(sign(y - mu)), g_at_max / sign_at_max = g and sign(y - mu)
+    at a = argmax |y - mu|, yhat_sq = ||yhat||^2, sigma the normaliser's own scale. `piecewise_reductions`
+    computes them for one group. Raises NoClosedForm for a normaliser with no smooth-piece closed form.
+    """
+    target = _normaliser(normaliser)
+    expr = _piecewise_expression(claim_id, target)
+    names = {name: symbol for symbol, name in _REDUCTION_NAMES.items() if symbol in expr.free_symbols}
+    order = tuple(name for name in _REDUCTION_ORDER if name in names)
+    function = sp.lambdify([names[name] for name in order], expr, "numpy")
+    function.reductions = order
+    function.__name__ = f"{target.name}_{claim_id.replace('.', '').replace('-', '_')}"
+    return function
+
+
+def piecewise_reductions(normaliser: str, batch, grad, eps_value: float) -> dict[str, float]:
+    """Every reduction `piecewise_callable` may need, for one group (batch, grad of shape (m,)), in float64."""
+    target = _normaliser(normaliser)
+    derivation = piecewise.derive_piecewise(target)
+    batch, grad = np.asarray(batch, dtype=np.float64), np.asarray(grad, dtype=np.float64)
+    sigma_value, yhat = scale_and_hat(normaliser, batch, eps_value, dims=(0,))
+    stats = _statistics(target, "numpy", batch, lambda kind, term: np.mean(term) if kind == "mean" else np.max(term),
+                        eps_value, batch.shape[0])
+    centre = float(sp.lambdify([s for s, _ in target.statistics], derivation.centre)(*stats))
+    signs = np.sign(batch - centre)
+    top = int(np.argmax(np.abs(batch - centre)))
+    return {"g_sq": float(grad @ grad), "g_sum": float(grad.sum()), "g_yhat": float(grad @ yhat),
+            "g_sign": float(grad @ signs), "sign_mean": float(signs.mean()), "g_at_max": float(grad[top]),
+            "sign_at_max": float(signs[top]), "yhat_sq": float(yhat @ yhat), "m": float(batch.shape[0]),
+            "sigma": float(sigma_value[0]), "eps": float(eps_value)}

@@ -37,6 +37,7 @@ from theory.batch_algebra import k, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, G1, G2, ClaimResult, Status, to_latex
 from theory.derive import Derivation
 from theory.normaliser import beta, g_hat, gamma, sigma
+from theory.signs import is_positive
 from theory.weight_space import normalises_over_batch
 
 STATEMENT_LATEX = (
@@ -90,8 +91,16 @@ def reduction_is_positive_definite(reduction: sp.Expr) -> tuple[bool, dict]:
     coefficients = {str(sp.Mul(*[v**e for v, e in zip((G1, g_hat), monom)])): sp.simplify(c / denominator)
                     for monom, c in poly.terms()}
     diagonal = set(poly.monoms()) == {(2, 0), (0, 2)}
-    positive = all(c.is_positive for c in coefficients.values())
+    positive = all(is_positive(c) for c in coefficients.values())
     return bool(diagonal and positive), coefficients
+
+
+def result_key(normaliser) -> tuple:
+    """What obs4.3 depends on: the formula and the axis word, which decides the condition (BatchNorm = l2)."""
+    return normaliser.statement_key(), normaliser.axis.partition(":")[0].strip()
+
+
+RESULT_KEY = result_key
 
 
 def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
@@ -111,7 +120,8 @@ def establish(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
         r"\text{ can undo the normaliser for one sample only}",)
     coefficient_text = ", ".join(f"{monomial}: {sp.sstr(c)}" for monomial, c in coefficients.items())
     result = ClaimResult(
-        claim="obs4.3", normaliser=normaliser.name, status=status, conditions=conditions,
+        # measured as ||dL-hat/dy||^2 <= (gamma^2/sigma^2)||g||^2, whose slack is the reduction itself
+        claim="obs4.3", normaliser=normaliser.name, status=status, conditions=conditions, measured_check="bound",
         general_m=True, source="Section 4.1, Observation 4.3 (BN does more than rescaling)",
         statement_latex=STATEMENT_LATEX, assumptions=ACTIVATION_ASSUMPTIONS[:4],
         derived_latex=(rf"\gamma = {to_latex(config[gamma])},\ \beta = {to_latex(config[beta])};\ "

@@ -38,14 +38,10 @@ import sympy as sp
 from theory.activation_bound import bound_expressions
 from theory.batch_algebra import g, m, y
 from theory.claims import ACTIVATION_ASSUMPTIONS, G1, G2, ClaimResult, Status, to_latex
-from theory.concrete import (
-    batch_symbols,
-    concrete_jacobian,
-    grad_invariants_at,
-    grad_symbols,
-)
+from theory.concrete import batch_symbols, concrete_jacobian, grad_invariants_at, grad_symbols
 from theory.derive import Derivation
 from theory.normaliser import eps, g_hat, gamma, sigma
+from theory.signs import is_nonnegative  # m >= 2 built in: an m/(m - 1) factor's sign is decided too
 
 lam = sp.Symbol("lambda", positive=True)  # radius of the spectral-norm ball over which X ranges
 x_op_sq = sp.Symbol("X_op_sq", nonnegative=True)  # ||X||_2^2, the squared spectral norm of the layer input
@@ -157,7 +153,7 @@ def thm41_slack(derivation: Derivation) -> tuple[sp.Expr, bool]:
     """(RHS_thm4.1 - ||J^T g||^2, whether SymPy shows it nonnegative under the assumptions)."""
     lhs = derivation.in_sigma(derivation.grad_sq_norm)
     slack = sp.factor(sp.together(bound_expressions(derivation)["thm4.1"] - lhs))
-    return slack, bool(slack == 0 or slack.is_nonnegative)
+    return slack, is_nonnegative(slack)
 
 
 # --- 4. exact counterexamples to typed variants -----------------------------------------------------
@@ -373,7 +369,7 @@ def _per_unit_result(derivation, concrete, identity_ok: bool, thm41_proved: bool
     status = Status.PROVED if proved else (Status.CONDITIONAL if identity_ok else Status.REFUTED)
     return ClaimResult(
         claim="thm4.4-per-unit", normaliser=derivation.normaliser.name, status=status, general_m=True,
-        source="Theorem 4.4, first step of its proof (Appendix C)",
+        source="Theorem 4.4, first step of its proof (Appendix C)", measured_check="bound",
         statement_latex=(rf"{WEIGHT_GRAD_LATEX} = \|X^\top\nabla_{{y_j}}\hat{{\mathcal{{L}}}}\|^2 \le \|X\|_2^2"
                          r"\|\nabla_{y_j}\hat{\mathcal{L}}\|^2 \le \|X\|_2^2\,\mathrm{RHS}_{4.1}"),
         assumptions=(*ACTIVATION_ASSUMPTIONS, r"y = XW,\ X \in \mathbb{R}^{m\times d}"),
@@ -393,10 +389,10 @@ def _minimax_result(derivation, concrete, identity_ok, thm41_proved, identity_te
     slack = sp.factor(sp.simplify(derived.subs(g_j, lam**2 * G2) - lam**2 * derivation.in_sigma(derivation.grad_sq_norm)))
     residual = sp.simplify(derived - consistent_form_typed()) if normaliser.paper_form else None
     attained_ok = all(attained.values())
-    holds = identity_ok and thm41_proved and attained_ok and (slack == 0 or slack.is_nonnegative)
+    holds = identity_ok and thm41_proved and attained_ok and is_nonnegative(slack)
     typed_note = ("" if residual is None else
                   f"; the derived bound minus the typed consistent form simplifies to {sp.sstr(residual)}")
-    return ClaimResult(
+    return ClaimResult(  # measured: lambda^2 thm4.1 at the measured lambda = ||X||_2, equal at eps = 0 (identity)
         claim="thm4.4", normaliser=normaliser.name, status=Status.CONDITIONAL if holds else Status.CHECKED,
         general_m=True, source="Theorem 4.4 (minimax bound in weight space), in the consistent form of paper-notes §2",
         statement_latex=(r"\hat{g}_j \le \frac{\gamma^2}{\sigma_j^2}\left(g_j - \lambda^2 m\mu_g^2 - "
@@ -406,7 +402,7 @@ def _minimax_result(derivation, concrete, identity_ok, thm41_proved, identity_te
         conditions=MINIMAX_CONDITIONS,
         derived_latex=rf"\hat{{g}}_j \le {to_latex(derived)}",
         slack_latex=r"\mathrm{RHS} - \hat{g}_j = " + to_latex(slack),
-        equality="equality at eps = 0 (or <g,yhat> = 0), as for thm4.1",
+        equality="equality at eps = 0 (or <g,yhat> = 0), as for thm4.1", measured_check="identity",
         concrete_m_checked=concrete[0],
         evidence=(identity_text + "; max_{||X||_2<=lambda} ||X^T v||^2 = lambda^2 ||v||^2 (operator norm; attained by "
                   f"X = lambda v e_1^T/||v||, checked by SymPy at (m, d) = {sorted(attained)}); hence g_j = lambda^2 ||g||^2, "
@@ -425,7 +421,7 @@ def _printed_result(derivation, concrete) -> ClaimResult:
         statement_latex=(r"\hat{g}_j \le \frac{\gamma^2}{\sigma_j^2}\left(g_j^2 - m\mu_g^2 - "
                          r"\lambda^2\langle\nabla_{y_j}\mathcal{L},\hat{y}_j\rangle^2\right)"),
         assumptions=(*ACTIVATION_ASSUMPTIONS, r"y = XW", r"\lambda > 0"), conditions=MINIMAX_CONDITIONS[:2],
-        concrete_m_checked=concrete[0], extra={"typo_ablation": ablation},
+        concrete_m_checked=concrete[0], extra={"typo_ablation": ablation}, measured_check="refuted" if found else "bound",
     )
     if found is None:
         return ClaimResult(status=Status.CHECKED, evidence="no counterexample found in the search", **common)

@@ -43,6 +43,7 @@ from theory.claims import ACTIVATION_ASSUMPTIONS, G2, ClaimResult, Status, to_la
 from theory.concrete import concrete_jacobian_at, statistic_values_at
 from theory.derive import Derivation
 from theory.normaliser import Normaliser, eps, gamma, sigma
+from theory.signs import is_nonnegative, is_nonpositive
 from theory.weight_space import (
     GroupLayout,
     g_j,
@@ -124,7 +125,7 @@ def _row_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
                   else "thm4.1 for this normaliser is not proved, so the last step is conditional on it")
     per_layer_proved = steps_ok and thm41_proved
     per_layer = ClaimResult(
-        claim="thm4.4-per-layer", normaliser=name, general_m=True,
+        claim="thm4.4-per-layer", normaliser=name, general_m=True, measured_check="bound",
         status=Status.PROVED if per_layer_proved else (Status.CONDITIONAL if steps_ok else Status.CHECKED),
         source=("analogue of Theorem 4.4 (first step of its proof) for groups within one sample: a column of the "
                 "weight gradient mixes every sample's group, so the bound is for the whole matrix"),
@@ -139,7 +140,7 @@ def _row_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]:
     )
     minimax_holds = per_layer_proved and all(attained.values())
     minimax = ClaimResult(
-        claim="thm4.4", normaliser=name, general_m=True,
+        claim="thm4.4", normaliser=name, general_m=True, measured_check="bound",
         status=Status.CONDITIONAL if minimax_holds else Status.CHECKED,
         source="analogue of Theorem 4.4 (minimax bound) for groups within one sample, whole weight matrix",
         statement_latex=(r"\hat{g} = \max_{\|X\|_2\le\lambda}" + LAYER_GRAD_LATEX + r" \le \lambda^2\sum_k"
@@ -198,9 +199,9 @@ def _reparam_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]
     bound = bound_expressions(derivation)["thm4.1"]
     coefficient = sp.simplify(sp.diff(bound, G2))
     linear = sp.diff(bound, G2, 2) == 0 and not coefficient.has(G2)
-    monotone = bool(linear and coefficient.is_nonnegative)
+    monotone = bool(linear and is_nonnegative(coefficient))
     reduction = sp.factor(sp.simplify(bound - coefficient * G2))
-    reduction_nonpositive = bool(reduction == 0 or reduction.is_nonpositive)
+    reduction_nonpositive = is_nonpositive(reduction)
     per_unit_bound = bound.subs(G2, x_op_sq * dy_sq)
     per_unit_proved = identity_ok and thm41_proved and monotone
     steps = (f"{identity_text} (with W = w: g = dL-hat/dw_j = X^T delta_j); ||g||^2 = ||X^T delta_j||^2 <= "
@@ -209,7 +210,7 @@ def _reparam_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]
     thm41_text = ("thm4.1 slack shown nonnegative by SymPy for symbolic m" if thm41_proved
                   else "thm4.1 for this normaliser is not proved")
     per_unit = ClaimResult(
-        claim="thm4.4-per-unit", normaliser=name, general_m=True,
+        claim="thm4.4-per-unit", normaliser=name, general_m=True, measured_check="bound",
         status=Status.PROVED if per_unit_proved else Status.CONDITIONAL,
         source=("analogue of Theorem 4.4 (first step of its proof) for a weight-space normaliser: thm4.1 already "
                 "bounds the weight gradient; X enters through g = X^T delta_j"),
@@ -225,7 +226,7 @@ def _reparam_results(derivation: Derivation, concrete) -> dict[str, ClaimResult]
     attained, witness = _reparam_minimax_witness(derivation, coefficient) if linear else (False, {})
     minimax_holds = per_unit_proved and reduction_nonpositive and attained
     minimax = ClaimResult(
-        claim="thm4.4", normaliser=name, general_m=True,
+        claim="thm4.4", normaliser=name, general_m=True, measured_check="bound",
         status=Status.CONDITIONAL if minimax_holds else Status.CHECKED,
         source=("analogue of Theorem 4.4 (minimax bound) for a weight-space normaliser: g_j is the standard "
                 "network's max weight-gradient norm at equal effective weights"),
@@ -313,12 +314,12 @@ def establish_concrete(normaliser: Normaliser, reason: str) -> dict[str, ClaimRe
             conditions=(FIXED_DERIVATIVES,) if claim == "thm4.4" else (), extra={"x_identity_transfer": transfer},
         )
         if refuted:
-            results[claim] = ClaimResult(status=Status.REFUTED, counterexample=found, evidence=(
+            results[claim] = ClaimResult(status=Status.REFUTED, counterexample=found, measured_check="refuted", evidence=(
                 f"inherits thm4.1's exact counterexample (m = {found.m}, eps = {found.epsilon}) with X = {transfer['X']} "
                 f"(||X||_2 = 1, lambda = 1, so dL-hat/dW = dL-hat/dy): LHS = {transfer['lhs']} > RHS = "
                 f"{transfer['rhs']}, re-evaluated by the concrete-m Jacobian"), **common)
         else:
-            results[claim] = ClaimResult(status=Status.CHECKED, evidence=(
+            results[claim] = ClaimResult(status=Status.CHECKED, measured_check="bound", evidence=(
                 "thm4.1 (typed form) holds at every concrete point checked, and the weight steps (dL-hat/dW = X^T V, "
                 f"operator norm) hold for every X, so this holds there too; thm4.1: {thm41.evidence}"), **common)
     return results
