@@ -9,6 +9,7 @@ a small hand-written file as well as on the shipped registry.
 from __future__ import annotations
 
 import pytest
+import sympy as sp
 
 from theory.claims import MEASURED_CHECKS, Status
 from theory.normalisers import REGISTRY
@@ -76,3 +77,28 @@ def test_an_unknown_measured_check_is_rejected():
     with pytest.raises(ValueError, match="measured_check 'sometimes' must be one of identity"):
         ClaimResult(claim="x", normaliser="n", status=Status.PROVED, general_m=True, statement_latex="", source="",
                     assumptions=(), evidence="", measured_check="sometimes")
+
+
+def test_every_refuted_record_has_a_right_side_that_is_positive_somewhere(theory):
+    """A refutation means something only if the right side is not <= 0 for every input: for each refuted record,
+    an input where it is positive (at the attached counterexample, or at g orthogonal to 1 and yhat)."""
+    import numpy as np
+
+    from theory import numeric
+
+    batch = np.array([0.0, 1.0, 3.0, -2.0])
+    yhat = (batch - batch.mean()) / batch.std()
+    grad = np.array([1.0, -1.0, 0.0, 0.0])
+    grad -= grad.mean() + (grad @ yhat) / (yhat @ yhat) * yhat  # orthogonal to 1 and to yhat
+    invariants = (float(grad @ grad), float(grad.sum()), float(grad @ yhat), 4, 1.0, float(batch.std()))
+    positive_at = {
+        "thm4.1-printed": lambda name: numeric.activation_bound("thm4.1-printed", name)(*invariants),
+        "thm4.4-printed": lambda name: numeric.minimax_weight_bound("thm4.4-printed")(1.0, *invariants),
+    }
+    for name, claims in theory.items():
+        for claim, record in claims.items():
+            if record["status"] != "refuted":
+                continue
+            found = [c for c in record.get("counterexamples", [record.get("counterexample") or {}]) if "rhs" in c]
+            at_counterexample = any(float(sp.sympify(c["rhs"])) > 0 for c in found)
+            assert at_counterexample or positive_at[claim](name) > 0, (name, claim)

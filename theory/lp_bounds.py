@@ -193,6 +193,7 @@ def _records(derivation: PiecewiseDerivation, concrete) -> dict[str, ClaimResult
                "orthogonal_iff": "d parallel to yhat (then ||P|| = 1: BatchNorm, l2)"},
         **common)
     found = check_at_points(normaliser, gamma**2 / normaliser.scale**2 * (G2 - G1**2 / _m), sizes=range(3, 7))
+    reduction_term = sp.expand(2 * g_hat * pieces["g_d"] - g_hat**2 * pieces["d_sq"])  # what thm4.1's bracket removes
     ratios = ", ".join(format(r["lhs_over_reduction_rhs"], ".4f") for r in rows)
     refuted = witness["holds_for_every_m_ge_3"] and all(r["violates_reduction"] for r in rows)
     reduction = ClaimResult(
@@ -212,7 +213,10 @@ def _records(derivation: PiecewiseDerivation, concrete) -> dict[str, ClaimResult
                   + (f"m = {found.counterexample.m}: LHS = {found.counterexample.lhs} > RHS = "
                      f"{sp.nsimplify(found.counterexample.rhs)}" if found.counterexample else "none found")
                   + f"); sup LHS/RHS = {sp.sstr(supremum['supremum'])}. The right side is >= 0 everywhere."),
-        extra={"general_m_witness": {k: (sp.sstr(v) if isinstance(v, sp.Expr) else v) for k, v in witness.items()},
+        extra={"reduction_term": sp.sstr(reduction_term), "reduction_term_sign": (
+                   "indefinite: ||g - gbar 1||^2 - (sigma^2/gamma^2)||J^T g||^2 equals it, and it is negative at every "
+                   "counterexample (BatchNorm: <g,yhat>^2/m >= 0)"),
+               "general_m_witness": {k: (sp.sstr(v) if isinstance(v, sp.Expr) else v) for k, v in witness.items()},
                "family_counterexamples": list(rows), "sup_lhs_over_rhs_by_m": by_m,
                "batchnorm_rhs_comparison": batchnorm_rhs_comparison(derivation)}, **common)
     return {"thm4.1": own, "thm4.1-reduction": reduction} | _weight_records(derivation, own, common)

@@ -143,7 +143,9 @@ def supremum_at_zero_eps(derivation: PiecewiseDerivation) -> dict[str, sp.Expr]:
         best = sp.floor(real_best)  # per_pattern is symmetric about m/2: floor and ceiling give the same value
         supremum = sp.simplify(per_pattern.subs(positives, best))
     else:
-        yhat_sup = 2 * sp.floor(m / 2)
+        at_one = m - 1  # entries at +-1 at a vertex; the free entry x = -(their sum) is an integer in [-1, 1]
+        free_sq = sp.Mod(at_one, 2)  # with the parity of their sum: x^2 = 1 if m - 1 is odd, else 0
+        yhat_sup = at_one + free_sq
         supremum = sp.simplify(yhat_sup * d_sq)
         per_pattern = supremum
     return {"yhat_sq_sup": yhat_sup, "per_pattern": per_pattern, "supremum": supremum}
