@@ -116,6 +116,13 @@ class Device(str, enum.Enum):
     CUDA = "cuda"
 
 
+class Executor(str, enum.Enum):
+    """What trains the runs of a sweep (empirics.executors); never changes a result."""
+
+    LOCAL = "local"  # this machine: in this process, or `workers` spawned processes
+    RAY = "ray"  # one Ray task per run, on a local Ray instance or a cluster (`address`); needs normcheck[ray]
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """mnist1d (generated procedurally, offline: 4000 train / 1000 test signals), scikit-learn's digits (1,797
@@ -273,11 +280,20 @@ class ExperimentConfig:
     # updates between a run's checkpoints (0 = none): an interrupted run resumes from the last one,
     # bit-identically on CPU (empirics.train); scheduling only, so not in run ids
     checkpoint_every: int = 0
+    # where the runs are trained (the CLI's --executor, --address); scheduling only, like workers: not in run ids.
+    # address (ray only): "" starts a Ray instance on this machine, "auto" or ray://host:port joins a cluster
+    executor: Executor = Executor.LOCAL
+    address: str = ""
+    # what one Ray task reserves: num_cpus 0 = threads (1 when threads is 0); num_gpus -1 = 1 for a run on CUDA,
+    # else 0 (device auto: 1 when the cluster has GPUs); fractions let several small runs share one card
+    num_cpus: float = 0.0
+    num_gpus: float = -1.0
 
 
 # What a run's result depends on, per model kind: the run id hashes exactly these sections (minus the
 # sweep lists, which say which runs exist, not what one run does), so adding an experiment or a
-# learning rate to a sweep never invalidates the runs already done. `workers` is scheduling only.
+# learning rate to a sweep never invalidates the runs already done. `workers`, `executor`, `address`,
+# `num_cpus` and `num_gpus` are scheduling only.
 RUN_SECTIONS = {"vgg1d": ("data", "model", "train", "threads", "device"), "dln": ("dln", "threads", "device")}
 SWEEP_KEYS = ("lrs", "norms", "seeds")
 

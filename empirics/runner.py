@@ -8,23 +8,22 @@ checkpoint, empirics.train).
 A finished run whose files do not load (truncated, garbage, another run's spec) is never used:
 `run_all` moves its directory to out_dir/set_aside/<run_id>.corrupt-<n>, retrains it, and appends
 {run_id, reason, set_aside_to} to out_dir/recovered_runs.json, which the report lists.
+
+Who trains the pending runs is config.executor's choice (empirics.executors: in this process, a local
+process pool, or Ray tasks on a cluster); the layout, the run ids and the results are the same.
 """
 
 from __future__ import annotations
 
 import json
-import multiprocessing
 import zipfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-import torch
-from tqdm import tqdm
 
-from . import train
 from .capture import ROW_KEYS
-from .config import ExperimentConfig, RunSpec
+from .config import ExperimentConfig
+from .executors import check_executor, executor_for
 from .experiments import run_specs, validate
 from .storage import write_json
 
@@ -72,41 +71,21 @@ def _set_aside_corrupt(out_dir: Path, directories: list[Path]) -> None:
                 _set_aside(out_dir, directory, str(error))
 
 
-def _train_in_worker(spec: RunSpec, directory: Path) -> str:
-    """Entry point of a worker process: its own thread count, no per-run progress bar."""
-    if spec.config.threads:
-        torch.set_num_threads(spec.config.threads)
-    train.train_run(spec, directory, progress=False)
-    return spec.run_id
-
-
 def run_all(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> list[Path]:
     """Train every run of `config` not yet done; return all run directories in run_specs order.
 
-    With config.workers > 1 the pending runs are trained in that many spawned processes; every run
-    is seeded on its own, so the results do not depend on the number of workers or their order.
+    Only runs without a `done` marker are handed to the executor (empirics.executors), which may train
+    them in any order and anywhere: every run is seeded and pinned on its own, so the results depend on
+    neither.
     """
     validate(config)
+    check_executor(config)
     specs = run_specs(config)
     directories = [run_dir(out_dir, spec.run_id) for spec in specs]
     _set_aside_corrupt(out_dir, directories)
     pending = [(s, d) for s, d in zip(specs, directories) if not (d / "done").exists()]
-    if config.workers == 1 or len(pending) <= 1:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads or threads)
-        try:
-            for spec, directory in pending:
-                train.train_run(spec, directory, progress=progress)
-        finally:
-            torch.set_num_threads(threads)
-        return directories
-    context = multiprocessing.get_context("spawn")  # fork after torch has threads is unsafe
-    with ProcessPoolExecutor(max_workers=min(config.workers, len(pending)), mp_context=context) as pool:
-        futures = [pool.submit(_train_in_worker, spec, directory) for spec, directory in pending]
-        with tqdm(total=len(futures), desc="runs", disable=not progress, unit="run") as bar:
-            for future in as_completed(futures):
-                bar.set_postfix_str(future.result())
-                bar.update()
+    if pending:
+        executor_for(config, pending).run(pending, progress)
     return directories
 
 
