@@ -107,7 +107,7 @@ def test_verdict_follows_matched_progress_where_the_raw_whole_run_ratio_disagree
     late = [*range(100, STEPS, 50)]  # most of the run: the converged part
     bn_values = {**{s: 2.0 for s in early}, **{s: 1e-3 for s in late}}
     bn_levels = {10 * (k + 1): k for k in range(6)}
-    none_levels = {late[k]: k for k in range(6)}
+    none_levels = {20: 0, **{late[k]: k + 1 for k in range(5)}}  # leaves its plateau at step 20
     bn = [make_run("batchnorm", 0.1, seed, reach_at=60,
                    probes=landscape_table({s: v * (1 + 0.02 * seed) for s, v in bn_values.items()}, bn_levels))
           for seed in SEEDS]
@@ -117,9 +117,25 @@ def test_verdict_follows_matched_progress_where_the_raw_whole_run_ratio_disagree
     axes = measured["lr=0.1"]["decided_by"]["axes"]
     assert axes["whole"]["interval"]["ratio"] > 100  # the confounded reading: "BN is 100x smoother"
     assert axes["matched"]["interval"]["ratio"] == pytest.approx(0.5, rel=0.05)
-    # until BN reaches the threshold: 4 of the 5 logged accuracies in the running mean are 1.0 at step 90
-    assert axes["early"]["covered"][0] == {"steps": [10, 90], "points": 9}
+    # from step 20 (both train) until BN reaches the threshold: 4 of the 5 logged accuracies in the running
+    # mean are 1.0 at step 90
+    assert axes["early"]["covered"][0] == {"steps": [20, 90], "points": 8}
     assert found == NOT_REPRODUCED
+
+
+def test_no_early_window_when_the_slow_network_leaves_its_plateau_after_the_fast_one_has_trained():
+    """The standard network sits at chance until step 300, BN has reached the threshold by step 90: no step
+    has both training, so the matched axis alone decides (the plateau is not compared with BN's descent)."""
+    steps = [*range(0, 100, 10), *range(100, STEPS, 100)]
+    bn = seeds_of("batchnorm", probes=lambda f: landscape_table({s: 1.0 * f for s in steps},
+                                                                {10 * (k + 1): k for k in range(6)}), reach_at=60)
+    none = seeds_of("none", probes=lambda f: landscape_table({s: (1e-3 if s < 300 else 3.0) * f for s in steps},
+                                                             {300 + 100 * k: k for k in range(6)}), final_acc=0.6)
+    found, measured = claim("predictive-gradients").evaluate(bn + none)
+    axes = measured["lr=0.1"]["decided_by"]["axes"]
+    assert "early" not in axes
+    assert axes["matched"]["interval"]["ratio"] == pytest.approx(3.0, rel=0.05)
+    assert found == REPRODUCED
 
 
 def test_ics_verdict_follows_the_relative_ics_at_matched_loss_not_the_raw_one():
@@ -277,3 +293,16 @@ def test_stability_comparison_counts_agreeing_verdicts_and_changed_runs():
     comparison = compare_results(first, second)
     assert (comparison["agreeing"], comparison["total"]) == (1, 2)
     assert comparison["runs_changed"] == [["vgg1d", "none", 0.1, 0]]
+
+
+def test_an_axis_measured_on_too_few_seed_pairs_is_shown_but_does_not_decide():
+    steps = [*range(0, 100, 10), *range(100, STEPS, 100)]
+    bn = seeds_of("batchnorm", probes=lambda f: landscape_table({s: 1.0 * f for s in steps},
+                                                                {10 * (k + 1): k for k in range(6)}), reach_at=60)
+    none = seeds_of("none", probes=lambda f: landscape_table({s: 3.0 * f for s in steps},
+                                                             {300 + 100 * k: k for k in range(6)}), final_acc=0.6)
+    none[0]["probes"]["landscape/level"][2] = 0  # one seed leaves its plateau at step 20: an early window, 1 pair
+    found, measured = claim("predictive-gradients").evaluate(bn + none)
+    axes = measured["lr=0.1"]["decided_by"]["axes"]
+    assert axes["early"]["interval"]["n"] == 1 and axes["early"]["verdict"] is None
+    assert found == REPRODUCED

@@ -33,6 +33,7 @@ from verify import progress
 from verify.progress import Metric, ics_metric, landscape_metric
 from verify.statistics import (
     INCONCLUSIVE,
+    MIN_SEEDS,
     NOT_MEASURED,
     NOT_REPRODUCED,
     REPRODUCED,
@@ -135,10 +136,15 @@ def compare_metric(run_pairs, metric: Metric, threshold: Threshold) -> dict:
         if axis not in logs:
             continue
         interval = ratio_interval(logs[axis]["log_ratios"])
+        # an axis that exists for fewer than MIN_SEEDS seed pairs (e.g. an early window most pairs lack) is
+        # shown but does not decide: it has too few seeds to say anything either way
+        deciding = axis in progress.DECIDING_AXES and interval["n"] >= MIN_SEEDS
         axes[axis] = {"interval": interval, "a": spread(logs[axis]["a"]), "b": spread(logs[axis]["b"]),
                       "covered": logs[axis]["covered"],
-                      "verdict": decide(interval, threshold) if axis in progress.DECIDING_AXES else None}
-    verdict = agree([axes[a]["verdict"] for a in progress.DECIDING_AXES if a in axes])
+                      "verdict": decide(interval, threshold) if deciding else None}
+    verdict = agree([axes[a]["verdict"] for a in progress.DECIDING_AXES if a in axes and axes[a]["verdict"]])
+    if verdict == NOT_MEASURED and any(a in axes for a in progress.DECIDING_AXES):
+        verdict = INCONCLUSIVE  # measured, but on too few seeds
     return {"metric": metric.name, "description": metric.description, "aggregate": metric.aggregate,
             "threshold": threshold.text(), "axes": axes, "verdict": verdict}
 

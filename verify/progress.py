@@ -9,8 +9,12 @@ therefore read on three axes:
              reached each progress level (`empirics.probes.ProgressTrigger`), over the levels both runs
              reached; no interpolation is needed, every run is probed at the same losses
     early    in the early window where both still train: the probe steps both runs share in
-             (0, end], end = the step where the faster run reaches the training-accuracy threshold
-             (classification) or the end of the early probe schedule (regression), whichever is first
+             [start, end], start = the first step by which both have begun to train (each run's smoothed
+             loss has reached the first progress level: a network still on its initial plateau at chance
+             is not training), end = the step where the faster run reaches the training-accuracy
+             threshold (classification) or the end of the early probe schedule, whichever is first; a
+             pair with start > end has no such window (e.g. BN has trained before the standard network
+             leaves its plateau), and the matched axis alone decides
     whole    every probe of each run (the paper's reading, confounded by convergence; shown, not decisive)
 
 On each axis a run's metric values are aggregated (median, or the 90th percentile for "spikiness"), and
@@ -119,6 +123,15 @@ def _at_levels(series: dict) -> dict[int, float]:
     return out
 
 
+def training_start(series: dict) -> int | None:
+    """The step of the run's first probe at a progress level (it has left its initial plateau); None if it
+    never reached one; 1 for runs probed without progress levels (every level column -1 and no loss)."""
+    reached = series["step"][series["level"] >= 0]
+    if reached.size:
+        return int(reached.min())
+    return 1 if not np.isfinite(series["progress_loss"]).any() else None
+
+
 def early_window_end(run_a: dict, run_b: dict, until: int | None) -> int:
     """The last step of the early window of a pair (module doc)."""
     ends = [until] if until else []
@@ -149,8 +162,10 @@ def axis_values(run_a: dict, run_b: dict, metric: Metric) -> dict[str, tuple[np.
                           {"levels": common})
     until = _early_until(run_a) or _early_until(run_b)
     end = early_window_end(run_a, run_b, until)
-    steps = sorted(set(a["step"][(a["step"] > 0) & (a["step"] <= end)].tolist())
-                   & set(b["step"][(b["step"] > 0) & (b["step"] <= end)].tolist()))
+    starts = [training_start(a), training_start(b)]
+    start = max(max(starts), 1) if None not in starts else end + 1
+    in_window = lambda series: series["step"][(series["step"] >= start) & (series["step"] <= end)].tolist()
+    steps = sorted(set(in_window(a)) & set(in_window(b)))
     if steps:
         pick = lambda series: np.array([series["value"][np.flatnonzero(series["step"] == s)[0]] for s in steps])
         out["early"] = (pick(a), pick(b), {"steps": [int(steps[0]), int(steps[-1])], "points": len(steps)})
