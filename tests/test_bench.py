@@ -11,10 +11,12 @@ import pytest
 from verify.bench import SIZES, TARGETS
 from verify.cli import main
 from verify.readme import BENCH_END, BENCH_START, bench_block, update_readme
-from verify.report import _performance_section
+from verify.report.runs import performance_blocks
 
 PROBE_FIGURES = ("train_step", "capture_overhead", "capture_disabled", "probe_point_unbatched",
-                 "probe_point_batched", "ics_layer", "hvp", "hvp_amortised", "probed_step")
+                 "probe_point_batched", "ics_layer", "hvp", "hvp_amortised", "probed_step", "pool_step",
+                 "lp_step_lp1", "lp_step_lpinf", "run_overhead_batchnorm", "run_overhead_lp1",
+                 "run_overhead_noisy_batchnorm")
 THEORY_FIGURES = ("theory_cold_s", "theory_cached_s")
 
 
@@ -61,12 +63,17 @@ def test_smoke_bench_writes_every_probe_figure_with_its_machine(smoke_bench):
     probed = bench["figures"]["probed_step"]
     assert probed["floor"] > 1 and probed["target"] == pytest.approx(1.2 * probed["floor"])
     assert "0 module hooks left" in bench["figures"]["capture_disabled"]["note"]
+    assert "derived" in bench["figures"]["lp_step_lp1"]["note"] and "maximum" in bench["figures"]["lp_step_lpinf"]["note"]
+    run = bench["figures"]["run_overhead_batchnorm"]
+    assert run["run_overhead"] == pytest.approx(sum(run["breakdown"].values()))
+    assert run["breakdown"]["curvature"] > 0 and run["breakdown"]["captures"] > 0  # the smoke BN run does both
+    assert bench["notes"] and "lockstep" in bench["notes"][0]
 
 
 def test_report_section_and_readme_block_render_the_bench(smoke_bench, tmp_path):
     out_dir, bench = smoke_bench
-    section = _performance_section(out_dir)
-    assert section and "Performance" in str(section[0])
+    section = performance_blocks(out_dir)
+    assert section and "verify bench" in str(section[0]) and "run_overhead_batchnorm" in str(section[1])
     block = bench_block(bench, str(out_dir))
     assert block.startswith(BENCH_START) and block.endswith(BENCH_END)
     assert all(f"`{name}`" in block for name in PROBE_FIGURES)
