@@ -241,7 +241,7 @@ def test_noisy_bn_unstable_compares_drift_per_probe(noisy_drift, expected):
         seeds_of("noisy_batchnorm", probes=histograms(noisy_drift), reach_at=80)
     found, measured = claim("noisy-bn-unstable").evaluate(runs)
     assert found == expected
-    assert measured["drift"]["interval"]["ratio"] == pytest.approx(noisy_drift, rel=0.05)
+    assert measured["noisy BN / BN drift"]["interval"]["ratio"] == pytest.approx(noisy_drift, rel=0.05)
 
 
 @pytest.mark.parametrize(("noisy_at", "expected"), [(80, REPRODUCED), (None, NOT_REPRODUCED), (500, NOT_REPRODUCED)])

@@ -242,7 +242,7 @@ def noisy_bn_fast(runs: Runs) -> tuple[str, dict]:
     lr = lrs[0]
     as_fast = compare_steps(pairs(runs, "vgg1d", "noisy_batchnorm", "batchnorm", lr), Threshold("below", ABOUT_AS_FAST))
     faster = compare_steps(pairs(runs, "vgg1d", "none", "noisy_batchnorm", lr), Threshold("above", 1.0))
-    measured = {"lr": lr, "noisy_over_bn": as_fast, "none_over_noisy": faster,
+    measured = {"lr": lr, "noisy BN / BN steps": as_fast, "none / noisy BN steps": faster,
                 "headline": f"lr {lr:g}: noisy BN / BN steps {interval_text(as_fast['interval'])}; none / noisy BN "
                             f"{interval_text(faster['interval'])}"}
     return conjunction([as_fast["verdict"], faster["verdict"]]), measured
@@ -273,7 +273,7 @@ def noisy_bn_unstable(runs: Runs) -> tuple[str, dict]:
     lr = lrs[0]
     comparison = compare_values(pairs(runs, "vgg1d", "noisy_batchnorm", "batchnorm", lr), _drift_per_probe,
                                 "activation drift per histogram probe", Threshold("above", 1.0))
-    return comparison["verdict"], {"lr": lr, "drift": comparison,
+    return comparison["verdict"], {"lr": lr, "noisy BN / BN drift": comparison,
                                    "headline": f"lr {lr:g}: drift noisy BN / BN {interval_text(comparison['interval'])}"}
 
 
@@ -288,7 +288,7 @@ def noisy_none_fails(runs: Runs) -> tuple[str, dict]:
     measured = {"lr": lr, "runs": len(noisy), "training": training,
                 "final_train_acc": spread([r["history"]["final_train_acc"] for r in noisy]),
                 "none_final_train_acc": spread([r["history"]["final_train_acc"] for r in select(runs, "vgg1d", "none", lr)]),
-                "noisy_none_over_none_steps": slower,
+                "noisy standard / standard steps": slower,
                 "headline": f"lr {lr:g}: the noisy standard network trains in {training} of {len(noisy)} seeds "
                             f"(final accuracy {spread([r['history']['final_train_acc'] for r in noisy])['mean']:.3f}); "
                             f"steps noisy / plain {interval_text(slower['interval'])}"}
@@ -391,9 +391,9 @@ def lp_trains_like_bn(runs: Runs) -> tuple[str, dict]:
         comparison = compare_steps(pairs(runs, "vgg1d", norm, "batchnorm", lrs[0]), Threshold("below", ABOUT_AS_FAST))
         test = {n: spread([r["history"]["final_test_acc"] for r in select(runs, "vgg1d", n, lrs[0])])
                 for n in (norm, "batchnorm")}
-        measured[norm] = {"lr": lrs[0], "steps_over_bn": comparison, "final_test_acc": test}
+        measured[norm] = {"lr": lrs[0], "steps / BN": comparison, "final_test_acc": test}
         verdicts.append(comparison["verdict"])
-    measured["headline"] = "; ".join(f"{norm}/BN steps {interval_text(v['steps_over_bn']['interval'])}, test accuracy "
+    measured["headline"] = "; ".join(f"{norm}/BN steps {interval_text(v['steps / BN']['interval'])}, test accuracy "
                                      f"{v['final_test_acc'][norm]['mean']:.3f} vs {v['final_test_acc']['batchnorm']['mean']:.3f}"
                                      for norm, v in measured.items()) or "no lp runs"
     return conjunction(verdicts), measured
@@ -430,9 +430,9 @@ def l1_best_dln(runs: Runs) -> tuple[str, dict]:
             if not run_pairs:
                 continue
             comparison = compare_values(run_pairs, _final_train_loss, "final training loss", Threshold("below", 1.0))
-            measured[f"lr={lr:g} vs {other}"] = comparison
+            measured[f"l1 / {'BN (= l2)' if other == 'batchnorm' else other}, lr {lr:g}"] = comparison
             verdicts.append(comparison["verdict"])
-    measured["headline"] = "; ".join(f"{key}: l1 / other final loss {interval_text(v['interval'])}"
+    measured["headline"] = "; ".join(f"{key}: final loss {interval_text(v['interval'])}"
                                      for key, v in measured.items()) or "no DLN lp runs"
     return conjunction(verdicts), measured
 
