@@ -18,9 +18,10 @@ changed), nothing the network uses is written, and no RNG is drawn. A layer's re
 float64 inside backward, the moment its input gradient exists (BN's backward has just read y and g,
 so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward), on one float64
 copy of the three in a buffer reused across steps; collect() then copies (8, C) numbers per layer to
-the host. Cost (`python -m verify bench`, VGG-1d default, one CPU thread): a captured step is ~1.35
-plain steps, 0.07 of it the hooks and ~0.3 the float64 two-pass reductions, which are memory-bound
-(about 20 float64 passes over each layer's y, g and dy).
+the host, all layers in one copy. Cost (`python -m verify bench`, VGG-1d default, one CPU thread, after the
+faster pool made the plain step ~7% cheaper): a captured step is ~1.4 plain steps, ~0.1 of it the hooks and
+~0.3 the float64 two-pass reductions, which are memory-bound (about 20 float64 passes over each layer's y, g
+and dy; ~0.4 ms a layer). No host synchronisation happens before collect().
 """
 
 from __future__ import annotations
@@ -75,7 +76,22 @@ class _Scratch:
 
 def _reduction_tensors(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor, gamma: torch.Tensor, eps: float,
                        scratch: _Scratch) -> torch.Tensor:
-    """(len(_FLOAT_KEYS), C) float64 on the tensors' device: channel_reductions' float columns."""
+    """(len(_FLOAT_KEYS), C) float64 on the tensors' device: channel_reductions' float columns.
+
+    Why float64, from the tolerance verify.checks derives (it allows for float32 rounding, gamma_m = m 2^-24,
+    in the autograd dL/dy; the captured reductions must add nothing comparable): ||g||^2, <1,g> and <g,yhat>
+    enter the bound as ||g||^2 - <1,g>^2/m - <g,yhat>^2/m, which cancels where g nearly lies in the span of 1
+    and yhat, and a float32 error of 2^-24 ||g||^2 there is up to 262144/m^2 of the tolerance's E^2 term (0.16
+    at m = 1280, the VGG-1d's last BN layers); the centring y - mean loses the digits of a channel whose mean
+    dwarfs its spread. In float64 (products of float32 values exact, m additions within m 2^-53) both are
+    ~1e-11. Only lhs = ||dy||^2, a sum of squares without cancellation, would survive float32 squares (an error
+    of 2^-24 lhs, 1/(16 m) of the tolerance); making it alone float32 measured no faster here (one pass of
+    seven; the reductions are memory-bound at ~0.4 ms a VGG-1d layer on this CPU), so it stays with the rest.
+    Measured alternatives, none faster on one CPU thread: a shifted one-pass (first value per channel as
+    shift, 3 buffer rows instead of 6), a batched-matmul Gram of [y - s, g, dy, 1] (MKL's tall-skinny bmm
+    ran at a third of the elementwise ops' bandwidth), and reducing in float32 with float64 accumulation
+    (`sum(dtype=float64)` upcasts the whole tensor first).
+    """
     if not (y.shape == g.shape == dy.shape):
         raise ValueError(f"y, g, dy must share one shape; got {tuple(y.shape)}, {tuple(g.shape)}, {tuple(dy.shape)}")
     batch, channels = y.shape[:2]
@@ -211,7 +227,7 @@ class BoundCapture:
 
         Keys: step, layer (index into batchnorm_layers), channel, and channel_reductions' keys.
         """
-        chunks = []
+        columns, widths, ms, eps = [], [], [], []
         for index in range(len(self.layers)):
             records = self._records.get(index, [])
             if len(records) != 1:
@@ -224,14 +240,16 @@ class BoundCapture:
                 raise RuntimeError(
                     f"BN layer {index} received no gradient; call loss.backward() inside active()"
                 )
-            reductions = _reduction_arrays(record.columns, record.m, record.eps)
-            channels = len(reductions["m"])
-            chunk = {
-                "step": np.full(channels, step, dtype=np.int64),
-                "layer": np.full(channels, index, dtype=np.int64),
-                "channel": np.arange(channels, dtype=np.int64),
-                **reductions,
-            }
-            chunks.append(chunk)
+            columns.append(record.columns)
+            widths.append(record.columns.shape[1])
+            ms.append(record.m)
+            eps.append(record.eps)
         self._records = {}
-        return concat_rows(chunks)
+        if not columns:
+            return empty_rows()
+        values = torch.cat([c.to(columns[0].device) for c in columns], dim=1).cpu().numpy()  # one device-to-host copy
+        layer = np.repeat(np.arange(len(widths), dtype=np.int64), widths)
+        return {"step": np.full(len(layer), step, dtype=np.int64), "layer": layer,
+                "channel": np.concatenate([np.arange(width, dtype=np.int64) for width in widths]),
+                "m": np.repeat(np.asarray(ms, dtype=np.int64), widths),
+                "eps": np.repeat(np.asarray(eps, dtype=np.float64), widths), **dict(zip(_FLOAT_KEYS, values))}
