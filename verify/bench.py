@@ -287,7 +287,9 @@ def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
     every = {name: getattr(s.probes, f"{name}_every")
              for name in ("landscape", "ics", "curvature", "weight_bounds", "histogram")}
     # the probes due every k; sparser ones (curvature, every 5 k or more) are named in the note
-    window_probes = dataclasses.replace(s.probes, **{f"{name}_every": k if e == k else 0 for name, e in every.items()})
+    # the steady schedule: the early window's and the progress levels' extra probes are priced by run_overhead_*
+    window_probes = dataclasses.replace(s.probes, early_every=0, early_until=0, progress_levels=(),
+                                        **{f"{name}_every": k if e == k else 0 for name, e in every.items()})
     skipped = [name for name, e in every.items() if e not in (0, k)]
     passes = probe_passes(s, window_probes)
 
