@@ -1,27 +1,30 @@
-"""Capture, at chosen training steps, every BatchNorm channel's share of the thm4.1 quantities.
+"""Capture, at chosen training steps, every normalisation group's share of the quantities its statements need.
 
-For one BN channel the "batch" is every value that channel normalises together: all (sample,
-position) pairs of a (N, C, L) conv activation, so m = N * L; all (sample, h, w) of a (N, C, H, W)
-Conv2d activation, m = N * H * W; or the N samples of a (N, C) dense activation. With y the BN
-input of the channel, z = gamma * yhat + beta its output, g = dL/dz and dy = dL/dy (both from
-autograd in the training-mode graph):
+`BoundCapture` hooks every normalisation layer of a model (`group_reductions.capture_points`: every registered
+normaliser on every axis it can be placed on -- a BatchNorm channel over the batch, a LayerNorm or RMSNorm sample, a
+GroupNorm sample's group, a WeightNorm weight row -- found from the tags of `empirics.norms`, no list of names) and,
+for each forward+backward inside `active()`, reduces the layer's input y, output gradient and input gradient dL/dy
+per group to the columns of `group_reductions.REDUCTION_COLUMNS` (sigma and yhat the normaliser's own, from its
+formula; lhs = ||dL/dy||^2 the measured left side of thm4.1; for BatchNorm's channel, with z = gamma yhat + beta,
+g = dL/dz:
 
     mean  = <1, y> / m                 var = ||y - mean||^2 / m   (biased, as BN normalises)
     sigma = sqrt(var + eps)            yhat = (y - mean) / sigma
     g_sum = <1, g>   g_sq = ||g||^2    g_yhat = <g, yhat>         lhs = ||dy||^2
 
-These are everything thm4.1's two sides need: lhs is the measured left side; the right side
-(gamma^2 / sigma^2) (g_sq - g_sum^2 / m - c g_yhat^2) is assembled downstream for any c.
+which is everything thm4.1's two sides need, the right side (gamma^2 / sigma^2)(g_sq - g_sum^2 / m - c g_yhat^2)
+being assembled downstream for any c). `channel_reductions` is the same reduction for one BatchNorm layer's tensors.
 
 Capturing is observational: hooks hold detached references and return None (so no gradient is
 changed), nothing the network uses is written, and no RNG is drawn. A layer's reductions run in
-float64 inside backward, the moment its input gradient exists (BN's backward has just read y and g,
+float64 inside backward, the moment its input gradient exists (the normaliser's backward has just read y and g,
 so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward), on one float64
-copy of the three in a buffer reused across steps; collect() then copies (8, C) numbers per layer to
-the host, all layers in one copy. Cost (`python -m verify bench`, VGG-1d default, one CPU thread, after the
-faster pool made the plain step ~7% cheaper): a captured step is ~1.4 plain steps, ~0.1 of it the hooks and
-~0.3 the float64 two-pass reductions, which are memory-bound (about 20 float64 passes over each layer's y, g
-and dy; ~0.4 ms a layer). No host synchronisation happens before collect().
+copy of the three in a buffer reused across steps; collect() then copies (columns, groups) numbers per layer to
+the host, all layers in one copy. Cost (`python -m verify bench`, VGG-1d default, one CPU thread): a captured
+BatchNorm step is ~1.4-1.6 plain steps, ~0.1 of it the hooks and the rest the float64 two-pass reductions, which
+are memory-bound (about 20 float64 passes over each layer's y, g and dy; ~0.4 ms a layer); a formula normaliser
+(l1, RMSNorm, ...) adds its float64 gradient for the identity check (~2 ms a VGG-1d layer). No host
+synchronisation happens before collect().
 """
 
 from __future__ import annotations
@@ -35,8 +38,18 @@ import numpy as np
 import torch
 from torch import nn
 
-REDUCTION_KEYS = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
-ROW_KEYS = ("step", "layer", "channel", *REDUCTION_KEYS)
+from .group_reductions import (
+    BN_FLOAT_KEYS,
+    FLOAT_COLUMNS,
+    REDUCTION_COLUMNS,
+    Scratch,
+    batchnorm_reductions,
+    capture_points,
+    group_reductions,
+)
+
+REDUCTION_KEYS = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")  # channel_reductions'
+ROW_KEYS = ("step", "layer", "channel", *REDUCTION_COLUMNS)  # a BoundCapture row
 INT_KEYS = ("step", "layer", "channel", "m")
 
 
@@ -57,72 +70,12 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     return [module for module in model.modules() if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d))]
 
 
-_FLOAT_KEYS = ("gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
-
-
-class _Scratch:
-    """A float64 buffer reused from call to call. On a CPU a fresh multi-megabyte tensor is fresh pages
-    from the OS, zeroed and faulted in on every call: measured 5-10x the cost of the arithmetic."""
-
-    def __init__(self):
-        self._flat = torch.empty(0, dtype=torch.float64)
-
-    def views(self, count: int, shape: tuple[int, ...], device: torch.device) -> list[torch.Tensor]:
-        size = math.prod(shape)
-        if self._flat.numel() < count * size or self._flat.device != device:
-            self._flat = torch.empty(count * size, dtype=torch.float64, device=device)
-        return [self._flat[k * size:(k + 1) * size].view(shape) for k in range(count)]
-
-
-def _reduction_tensors(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor, gamma: torch.Tensor, eps: float,
-                       scratch: _Scratch) -> torch.Tensor:
-    """(len(_FLOAT_KEYS), C) float64 on the tensors' device: channel_reductions' float columns.
-
-    Why float64, from the tolerance verify.checks derives (it allows for float32 rounding, gamma_m = m 2^-24,
-    in the autograd dL/dy; the captured reductions must add nothing comparable): ||g||^2, <1,g> and <g,yhat>
-    enter the bound as ||g||^2 - <1,g>^2/m - <g,yhat>^2/m, which cancels where g nearly lies in the span of 1
-    and yhat, and a float32 error of 2^-24 ||g||^2 there is up to 262144/m^2 of the tolerance's E^2 term (0.16
-    at m = 1280, the VGG-1d's last BN layers); the centring y - mean loses the digits of a channel whose mean
-    dwarfs its spread. In float64 (products of float32 values exact, m additions within m 2^-53) both are
-    ~1e-11. Only lhs = ||dy||^2, a sum of squares without cancellation, would survive float32 squares (an error
-    of 2^-24 lhs, 1/(16 m) of the tolerance); making it alone float32 measured no faster here (one pass of
-    seven; the reductions are memory-bound at ~0.4 ms a VGG-1d layer on this CPU), so it stays with the rest.
-    Measured alternatives, none faster on one CPU thread: a shifted one-pass (first value per channel as
-    shift, 3 buffer rows instead of 6), a batched-matmul Gram of [y - s, g, dy, 1] (MKL's tall-skinny bmm
-    ran at a third of the elementwise ops' bandwidth), and reducing in float32 with float64 accumulation
-    (`sum(dtype=float64)` upcasts the whole tensor first).
-    """
-    if not (y.shape == g.shape == dy.shape):
-        raise ValueError(f"y, g, dy must share one shape; got {tuple(y.shape)}, {tuple(g.shape)}, {tuple(dy.shape)}")
-    batch, channels = y.shape[:2]
-    gamma = gamma.detach().to(device=y.device, dtype=torch.float64).reshape(-1)
-    if gamma.shape != (channels,):
-        raise ValueError(f"gamma has {gamma.shape[0]} entries for {channels} channels; give one per channel")
-    # float64 copies of y, g, dy as (3, N, C, positions): a channel's batch is its (sample, position) pairs.
-    # Few, whole-layer ops: with one CPU thread each op's dispatch costs about what its arithmetic does.
-    rows, products = scratch.views(2, (4, batch, channels, y[0, 0].numel()), y.device)
-    rows = rows[:3]
-    for k, tensor in enumerate((y, g, dy)):
-        rows[k].copy_(tensor.reshape(batch, channels, -1))
-    m = rows.shape[1] * rows.shape[3]
-    sums = rows.sum(1).sum(-1)  # (3, C): <1, y>, <1, g>, <1, dy>; samples first: contiguous, vectorised adds
-    mean = sums[0] / m
-    rows[0] -= mean[:, None]  # y centred, two-pass: exact zeros for a constant channel
-    torch.mul(rows, rows, out=products[:3])
-    torch.mul(rows[1], rows[0], out=products[3])
-    inner = products.sum(1).sum(-1)  # (4, C): ||y - mean||^2, ||g||^2, ||dy||^2, <g, y - mean>
-    var = inner[0] / m  # biased (/m), as BN normalises
-    sigma = torch.sqrt(var + eps)
-    # in _FLOAT_KEYS order: gamma, mean, var, sigma, g_sum, g_sq, g_yhat = <g, y - mean> / sigma, lhs
-    return torch.stack([gamma, mean, var, sigma, sums[1], inner[1], inner[3] / sigma, inner[2]])
-
-
 def _reduction_arrays(columns: torch.Tensor, m: int, eps: float) -> dict[str, np.ndarray]:
     """The dict of channel_reductions from _reduction_tensors' output (one device-to-host copy)."""
     values = columns.cpu().numpy()
     channels = values.shape[1]
     return {"m": np.full(channels, m, dtype=np.int64), "eps": np.full(channels, eps, dtype=np.float64),
-            **dict(zip(_FLOAT_KEYS, values))}
+            **dict(zip(BN_FLOAT_KEYS, values))}
 
 
 def channel_reductions(y, g, dy, gamma, eps: float) -> dict[str, np.ndarray]:
@@ -135,7 +88,7 @@ def channel_reductions(y, g, dy, gamma, eps: float) -> dict[str, np.ndarray]:
     """
     y, g, dy = _tensor(y, "y"), _tensor(g, "g"), _tensor(dy, "dy")  # (N, C, *spatial)
     gamma = gamma if isinstance(gamma, torch.Tensor) else torch.as_tensor(np.asarray(gamma, dtype=np.float64))
-    return _reduction_arrays(_reduction_tensors(y, g, dy, gamma, eps, _Scratch()), y.numel() // y.shape[1], eps)
+    return _reduction_arrays(batchnorm_reductions(y, g, dy, gamma, eps, Scratch()), y.numel() // y.shape[1], eps)
 
 
 def empty_rows() -> dict[str, np.ndarray]:
@@ -152,18 +105,17 @@ def concat_rows(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 @dataclass
 class _LayerRecord:
-    """One forward pass of one BN layer: its input until backward reaches it, then its reductions."""
+    """One forward pass of one capture point: its input until backward reaches it, then its reductions."""
 
-    y: torch.Tensor | None  # BN input, detached; dropped once reduced
-    gamma: torch.Tensor
-    eps: float
-    g: torch.Tensor | None = None  # dL/d(BN output), until reduced
-    columns: torch.Tensor | None = None  # _reduction_tensors(y, g, dL/d(BN input)), on the device
+    y: torch.Tensor | None  # the normaliser's input, detached; dropped once reduced
+    g: torch.Tensor | None = None  # dL/d(module output), until reduced
+    columns: torch.Tensor | None = None  # group_reductions(...), on the device
     m: int = 0
 
 
 class BoundCapture:
-    """Hooks every BatchNorm1d/2d layer of `model` while `active()`, then reduces per channel.
+    """Hooks every normalisation layer of `model` (`group_reductions.capture_points`: every registered normaliser,
+    on any axis) while `active()`, then reduces per normalisation group.
 
         with capture.active():
             loss = loss_fn(model(x), target)
@@ -174,32 +126,33 @@ class BoundCapture:
     """
 
     def __init__(self, model: nn.Module):
-        self.layers = batchnorm_layers(model)
+        self.points = capture_points(model)
+        self.layers = [point.module for point in self.points]  # the hooked modules, in forward order
         self._records: dict[int, list[_LayerRecord]] = {}
         self._handles: list = []
-        self._scratch = _Scratch()  # kept across steps: the reductions reuse one float64 buffer
+        self._scratch = Scratch()  # kept across steps: the reductions reuse one float64 buffer
 
     def _forward_hook(self, index: int):
+        point = self.points[index]
+
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             (y,) = inputs
             if not (torch.is_grad_enabled() and y.requires_grad and output.requires_grad):
                 return  # no backward can follow (e.g. evaluation under no_grad)
-            gamma = module.weight.detach() if module.weight is not None else torch.ones(module.num_features)
-            record = _LayerRecord(y=y.detach(), gamma=gamma, eps=float(module.eps))
+            record = _LayerRecord(y=y.detach())
             self._records.setdefault(index, []).append(record)
 
             def on_output_grad(grad: torch.Tensor) -> None:
                 record.g = grad.detach()
 
             def on_input_grad(grad: torch.Tensor) -> None:
-                # BN's backward has just read y and g and written dy: reduce now, while all three are
-                # in cache (after backward they are not), and keep only the (8, C) result
+                # the normaliser's backward has just read y and g and written dy: reduce now, while all three
+                # are in cache (after backward they are not), and keep only the (columns, groups) result
                 if record.g is None:
                     return  # no output gradient: collect() reports it
                 with torch.no_grad():
-                    record.columns = _reduction_tensors(record.y, record.g, grad.detach(), record.gamma, record.eps,
-                                                        self._scratch)
-                record.m = record.y.numel() // record.y.shape[1]
+                    record.columns = group_reductions(point, record.y, record.g, grad.detach(), self._scratch)
+                record.m = record.y.numel() // record.columns.shape[1]
                 record.y = record.g = None
 
             self._handles.append(y.register_hook(on_input_grad))
@@ -223,27 +176,29 @@ class BoundCapture:
             self._handles = []
 
     def collect(self, step: int) -> dict[str, np.ndarray]:
-        """Rows for every (layer, channel) of the last active() block, then forget it.
+        """Rows for every (layer, group) of the last active() block, then forget it.
 
-        Keys: step, layer (index into batchnorm_layers), channel, and channel_reductions' keys.
+        Keys: step, layer (index into `points`), channel (the group's index in the layer: the channel on the batch
+        axis, sample * groups + group on a per-sample axis, the output unit in weight space; `norms.group_rows`),
+        and `group_reductions.REDUCTION_COLUMNS`.
         """
         columns, widths, ms, eps = [], [], [], []
-        for index in range(len(self.layers)):
+        for index, point in enumerate(self.points):
             records = self._records.get(index, [])
             if len(records) != 1:
                 raise RuntimeError(
-                    f"BN layer {index} ran {len(records)} grad-enabled forwards inside active(); "
+                    f"normalisation layer {index} ran {len(records)} grad-enabled forwards inside active(); "
                     "run exactly one forward and one backward per active() block"
                 )
             (record,) = records
             if record.columns is None:
                 raise RuntimeError(
-                    f"BN layer {index} received no gradient; call loss.backward() inside active()"
+                    f"normalisation layer {index} received no gradient; call loss.backward() inside active()"
                 )
             columns.append(record.columns)
             widths.append(record.columns.shape[1])
             ms.append(record.m)
-            eps.append(record.eps)
+            eps.append(point.eps)
         self._records = {}
         if not columns:
             return empty_rows()
@@ -252,4 +207,4 @@ class BoundCapture:
         return {"step": np.full(len(layer), step, dtype=np.int64), "layer": layer,
                 "channel": np.concatenate([np.arange(width, dtype=np.int64) for width in widths]),
                 "m": np.repeat(np.asarray(ms, dtype=np.int64), widths),
-                "eps": np.repeat(np.asarray(eps, dtype=np.float64), widths), **dict(zip(_FLOAT_KEYS, values))}
+                "eps": np.repeat(np.asarray(eps, dtype=np.float64), widths), **dict(zip(FLOAT_COLUMNS, values))}

@@ -203,6 +203,20 @@ class ProbeConfig:
     curvature_layers: tuple[int, ...] = ()  # BN layer indices (negative from the end); () = all
     weight_bounds_every: int = 0  # thm4.4 weight-gradient terms at every conv followed by a norm
     histogram_every: int = 0  # activation distributions of every normalisation layer's output
+    # Beyond the paper (issue 16): sharpness (empirics.sharpness) and the filter-normalised landscape
+    # (empirics.filter_landscape). At these defaults a run's id is what it was before they existed: RunSpec.run_id
+    # leaves default-valued EXTENSION_PROBE_FIELDS out of its hash
+    sharpness_every: int = 0  # top Hessian eigenvalues, Hutchinson trace, effective sharpness every k steps ...
+    sharpness_levels: tuple[float, ...] = ()  # ... and where the smoothed loss first reaches these progress_levels
+    sharpness_top_k: int = 1
+    sharpness_iterations: int = 10  # Lanczos steps: HVPs per operator (raw H; D H D where layers are scale-invariant)
+    hutchinson_probes: int = 8  # Rademacher probes of the trace (>= the parameter count: the exact trace)
+    sharpness_batch: int = 0  # the first n samples of the step's batch (0: the whole batch)
+    sharpness_blocks: bool = False  # also every layer's diagonal Hessian block
+    filter_landscape_steps: tuple[int, ...] = ()  # steps at which the 1-D and 2-D landscapes are drawn
+    filter_landscape_points: int = 21  # 1-D: points in [-1, 1]
+    filter_landscape_grid: int = 11  # 2-D: grid x grid points in [-1, 1]^2
+    filter_landscape_batch: int = 0  # the first n samples of the step's batch (0: the whole batch)
 
     def union(self, other: ProbeConfig) -> ProbeConfig:
         """Every probe either config asks for, at the finer of the two frequencies."""
@@ -216,6 +230,7 @@ class ProbeConfig:
             return () if not (a_layers and b_layers) else tuple(sorted(set(a_layers) | set(b_layers)))
 
         comparing = [c for c in (self, other) if c.landscape_every or c.ics_every]
+        levelled = comparing + [c for c in (self, other) if c.sharpness_levels and c not in comparing]
         if self.landscape_every and other.landscape_every and self.landscape_multipliers != other.landscape_multipliers:
             raise ConfigError("two experiments probe the same run with different landscape grids; use one grid")
         multipliers = self.landscape_multipliers if self.landscape_every else other.landscape_multipliers
@@ -230,8 +245,75 @@ class ProbeConfig:
             histogram_every=finer(self.histogram_every, other.histogram_every),
             early_every=min((c.early_every for c in comparing if c.early_every), default=0),
             early_until=max((c.early_until for c in comparing), default=0),
-            progress_levels=tuple(sorted({level for c in comparing for level in c.progress_levels}, reverse=True)),
+            progress_levels=tuple(sorted({level for c in levelled for level in c.progress_levels}, reverse=True)),
+            **_extension_union(self, other),
         )
+
+
+# ProbeConfig's fields of the extension beyond the paper (issue 16): left out of a run id's hash at their defaults
+EXTENSION_PROBE_FIELDS = ("sharpness_every", "sharpness_levels", "sharpness_top_k", "sharpness_iterations",
+                          "hutchinson_probes", "sharpness_batch", "sharpness_blocks", "filter_landscape_steps",
+                          "filter_landscape_points", "filter_landscape_grid", "filter_landscape_batch")
+
+
+def _extension_union(a: ProbeConfig, b: ProbeConfig) -> dict:
+    """The extension fields of a.union(b): schedules merged, sizes the largest asked for by a config that runs the
+    probe (defaults where neither does); two different probe batches for one run are an error."""
+    def merged(using: list[ProbeConfig], batch_key: str, keys: tuple[str, ...]) -> dict:
+        batches = {getattr(c, batch_key) for c in using}
+        if len(batches) > 1:
+            raise ConfigError(f"two experiments probe the same run with {batch_key} {sorted(batches)}; use one")
+        defaults = ProbeConfig()
+        return {key: max((getattr(c, key) for c in using), default=getattr(defaults, key)) for key in keys} | \
+            {batch_key: batches.pop() if batches else getattr(defaults, batch_key)}
+
+    sharp = [c for c in (a, b) if c.sharpness_every or c.sharpness_levels]
+    flat = [c for c in (a, b) if c.filter_landscape_steps]
+    every = [c.sharpness_every for c in (a, b) if c.sharpness_every]
+    return {
+        "sharpness_every": min(every, default=0),
+        "sharpness_levels": tuple(sorted({v for c in sharp for v in c.sharpness_levels}, reverse=True)),
+        "sharpness_blocks": any(c.sharpness_blocks for c in sharp),
+        "filter_landscape_steps": tuple(sorted({s for c in flat for s in c.filter_landscape_steps})),
+        **merged(sharp, "sharpness_batch", ("sharpness_top_k", "sharpness_iterations", "hutchinson_probes")),
+        **merged(flat, "filter_landscape_batch", ("filter_landscape_points", "filter_landscape_grid")),
+    }
+
+
+@dataclass(frozen=True)
+class SharpnessConfig:
+    """The sharpness experiment (beyond the paper, issue 16; empirics.sharpness, empirics.filter_landscape): the
+    runs of the landscape and dln experiments ({none, BN} VGG-1d at every train lr, the DLN at every dln lr) on
+    their first `seeds` seeds carry the sharpness probe, and on their first `filter_landscape_seeds` seeds the
+    filter-normalised landscape at the last step (VGG-1d at the first lr only: 0.5-0.9 s of CPU a landscape). Not in
+    run ids itself: it decides the ProbeConfig they carry.
+
+    Schedule: the probe runs where the smoothed training loss first reaches each of `levels` (a subset of the
+    runs' progress levels: the landscape probe measures beta at the same steps, and bn-lower-sharpness compares
+    the networks at matched progress there), plus every `every` steps (0: not periodically). 0.7 and 0.45 x the
+    zero-output loss are reached by the standard VGG-1d at lr 0.1 within 600 steps and by both DLNs; a stuck
+    network (the standard one at lr 0.5) reaches none and costs nothing, and the claims do not compare it.
+    Cost per probe: iterations x (1 + [scale-invariant layers]) + hutchinson_probes HVPs, 1.7-1.8 forward+backwards
+    each in a probe (`python -m verify bench`: sharpness_per_hvp; 28 HVPs ~ 49 forward+backwards on the BN VGG-1d).
+    """
+
+    levels: tuple[float, ...] = (0.7, 0.45)
+    every: int = 0
+    top_k: int = 1
+    # residual <= 1% of ||H|| by 6-10 steps on the VGG-1d, 10-16 on the DLN with BN (its value within 1% by 10)
+    iterations: int = 10
+    hutchinson_probes: int = 8  # standard error ~10-20% of the trace on these networks
+    batch: int = 0  # 0: the step's batch (BN's statistics as trained; a sub-batch is another BN function)
+    blocks: bool = False
+    # the first `seeds` of train.seeds: 3, the fewest a verdict takes (verify.statistics.MIN_SEEDS), for the cost:
+    # measured per probe (one CPU thread) BN VGG-1d 0.7-0.77 s, standard 0.3-0.36 s, DLN with BN 0.85-0.93 s,
+    # without 0.12-0.14 s; 30 probes (the standard network at lr 0.5 reaches no level) ~17 s of CPU in the default
+    # preset, and its four filter landscapes 1.5 s
+    seeds: int = 3
+    filter_landscape_seeds: int = 1
+    filter_landscape_points: int = 21
+    filter_landscape_grid: int = 11
+    filter_landscape_batch: int = 0
 
 
 @dataclass(frozen=True)
@@ -264,6 +346,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     probes: ProbeConfig = field(default_factory=ProbeConfig)  # probes of the `train` runs themselves
     dln: DLNConfig = field(default_factory=DLNConfig)
+    sharpness: SharpnessConfig = field(default_factory=SharpnessConfig)  # beyond the paper (issue 16)
     # named experiments to run (empirics.experiments): train, noisy, ics, landscape, lp, dln, bounds
     experiments: tuple[str, ...] = ("train",)
     # the lp experiment's normalisers beside BN; lp2 is BN exactly (theory: the formulas coincide), so
@@ -319,13 +402,20 @@ class RunSpec:
             value = config[key]
             relevant[key] = {k: v for k, v in value.items() if k not in SWEEP_KEYS} if isinstance(value, dict) else value
         payload = {"kind": self.kind, "config": relevant, "norm": self.norm.value, "lr": self.lr, "seed": self.seed,
-                   "probes": to_dict(self.probes)}
+                   "probes": _probes_payload(self.probes)}
         formula = _user_formula(self.norm)
         if formula is not None:  # a researcher's file: an edited formula is another run under the same name
             payload["formula"] = formula
         digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
         prefix = "dln-" if self.kind == "dln" else ""
         return f"{prefix}{self.norm.value}-lr{self.lr:g}-s{self.seed}-{digest}"
+
+
+def _probes_payload(probes: ProbeConfig) -> dict:
+    """The probes as run ids hash them: extension fields at their defaults left out (`EXTENSION_PROBE_FIELDS`)."""
+    defaults = to_dict(ProbeConfig())
+    return {key: value for key, value in to_dict(probes).items()
+            if key not in EXTENSION_PROBE_FIELDS or value != defaults[key]}
 
 
 def _user_formula(norm: Norm) -> str | None:
@@ -339,7 +429,7 @@ def _user_formula(norm: Norm) -> str | None:
     return str((normaliser.formula_key(), normaliser.axis))
 
 
-ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln", "norms")
+ALL_EXPERIMENTS = ("train", "noisy", "ics", "landscape", "lp", "bounds", "dln", "norms", "sharpness")
 PRESET_EXPERIMENTS = ALL_EXPERIMENTS
 
 PRESETS: dict[str, ExperimentConfig] = {
@@ -349,6 +439,9 @@ PRESETS: dict[str, ExperimentConfig] = {
         train=TrainConfig(steps=30, batch_size=32, lrs=(0.1,), seeds=(0,), eval_every=15, log_every=5,
                           capture_every=10, probe_every=10, curvature_every=20, curvature_layers=(0,)),
         dln=DLNConfig(depth=6, samples=200, steps=30, eval_every=10, log_every=5, probe_every=10),
+        # tiny: every 20 steps (0 and 20) besides the levels, few products, a 5 x 5 landscape
+        sharpness=SharpnessConfig(every=20, iterations=4, hutchinson_probes=3, seeds=1, filter_landscape_points=7,
+                                  filter_landscape_grid=5),
         experiments=PRESET_EXPERIMENTS,
         workers=1,  # tiny runs: spawning processes would cost more than it saves
         checkpoint_every=10,  # so the tests exercise resuming mid-run

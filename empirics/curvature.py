@@ -46,20 +46,21 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vjp, vmap
 
-from .capture import channel_reductions
+from .group_reductions import (
+    FLOAT_COLUMNS,
+    CapturePoint,
+    Scratch,
+    group_scale,
+    find_point,
+    group_reductions,
+    group_view,
+)
 from .landscape import LossFn, Params, parameter_dict, training_function, training_loss
 
 
 def _norm_layer(model: nn.Module, layer: int | nn.Module) -> nn.Module:
-    """The BN layer: a module of `model`, or an index into its BatchNorm layers in forward order."""
-    layers = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
-    if isinstance(layer, nn.Module):
-        if not any(layer is module for module in layers):
-            raise ValueError(f"{layer!r} is not a BatchNorm layer of the model; pass one of its BN layers or an index")
-        return layer
-    if not 0 <= layer < len(layers):
-        raise IndexError(f"layer_index={layer} but the model has {len(layers)} BatchNorm layers (0..{len(layers) - 1})")
-    return layers[layer]
+    """The hooked module of a BatchNorm-formula normalisation layer: a module of `model`, or its index."""
+    return find_point(model, layer, bn_formula_only=True).module
 
 
 @contextlib.contextmanager
@@ -147,25 +148,31 @@ def _chunk(at: torch.Tensor, chunk_size: int | None) -> int:
     return max(1, budget // max(at.numel(), 1))
 
 
-def _masked_directions(directions: list[torch.Tensor], rows: range) -> torch.Tensor:
-    """(len(rows), *shape): row r = d * C + c is direction d restricted to channel c (zeros elsewhere)."""
-    shape = directions[0].shape
-    channels = shape[1]
-    eye = torch.eye(channels, dtype=directions[0].dtype, device=directions[0].device)
-    masks = eye.reshape(channels, 1, channels, *([1] * (len(shape) - 2)))  # (C, 1, C, [1])
-    return torch.stack([directions[r // channels] * masks[r % channels] for r in rows])
+def group_masks(point: CapturePoint, like: torch.Tensor, chosen: list[int]) -> torch.Tensor:
+    """(len(chosen), *like.shape): mask k is 1 on the values of group chosen[k] (`group_view`) and 0 elsewhere."""
+    masks = torch.zeros((len(chosen), *like.shape), dtype=like.dtype, device=like.device)
+    for k, group in enumerate(chosen):
+        group_view(point, masks[k])[:, group, :] = 1.0
+    return masks
 
 
-def _per_channel_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
-                                 directions: list[torch.Tensor], vectorize: bool,
-                                 chunk_size: int | None) -> np.ndarray:
-    """(D, C) float64: u_c^T (d^2 f / dat_c^2) u_c for each direction u and channel c (one HVP each).
+def _masked_directions(directions: list[torch.Tensor], masks: torch.Tensor, rows: range) -> torch.Tensor:
+    """(len(rows), *shape): row r = d * K + k is direction d restricted to masked group k (zeros elsewhere)."""
+    count = masks.shape[0]
+    return torch.stack([directions[r // count] * masks[r % count] for r in rows])
 
-    The D * C masked directions are built and consumed `chunk_size` at a time (default: `_chunk`), so
+
+def _per_group_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: torch.Tensor,
+                               directions: list[torch.Tensor], masks: torch.Tensor, vectorize: bool,
+                               chunk_size: int | None) -> np.ndarray:
+    """(D, K) float64: u_k^T (d^2 f / dat^2) u_k for each direction u and masked group k (one HVP each).
+
+    The D * K masked directions are built and consumed `chunk_size` at a time (default: `_chunk`), so
     memory stays bounded on large layers. The gradient of f and its graph are formed once and every
     chunk differentiates it again: H u = vjp of grad f with cotangent u (H is symmetric), the same
     operations as `hessian_vector_product` without repeating the first forward+backward per chunk."""
-    total = len(directions) * at.shape[1]
+    count = masks.shape[0]
+    total = len(directions) * count
     chunk = _chunk(at, chunk_size)
     _, pullback = vjp(grad(f), at)  # u -> (H u,), reusable: the first-order graph is kept
 
@@ -174,22 +181,38 @@ def _per_channel_quadratic_forms(f: Callable[[torch.Tensor], torch.Tensor], at: 
 
     forms = []
     for start in range(0, total, chunk):
-        stacked = _masked_directions(directions, range(start, min(start + chunk, total)))
+        stacked = _masked_directions(directions, masks, range(start, min(start + chunk, total)))
         products = vmap(hvp)(stacked) if vectorize else torch.stack([hvp(u) for u in stacked])
         forms.append((stacked.double() * products.double()).flatten(1).sum(1))
-    return torch.cat(forms).reshape(len(directions), at.shape[1]).cpu().numpy()
+    return torch.cat(forms).reshape(len(directions), count).cpu().numpy()
+
+
+# Per-sample groups (LayerNorm's samples, GroupNorm's groups of a sample) probed per layer: samples are exchangeable,
+# so this many evenly spaced ones sample the layer's rows; each costs 4 HVPs. A BatchNorm channel is probed always.
+MAX_SAMPLE_GROUPS = 8
+
+
+def probed_groups(point: CapturePoint, like: torch.Tensor) -> list[int]:
+    """Every group on the batch axis; at most MAX_SAMPLE_GROUPS evenly spaced ones on a per-sample axis."""
+    total = group_view(point, like).shape[1]
+    if point.axis == "batch" or total <= MAX_SAMPLE_GROUPS:
+        return list(range(total))
+    return sorted({round(k * (total - 1) / (MAX_SAMPLE_GROUPS - 1)) for k in range(MAX_SAMPLE_GROUPS)})
 
 
 def activation_curvature(model: nn.Module, layer: int | nn.Module, x: torch.Tensor, target: torch.Tensor,
                          loss_fn: LossFn, *, vectorize: bool = True, chunk_size: int | None = None) -> dict:
-    """Per channel of one BN layer: the thm4.2 Hessian quadratic forms and reductions (module doc).
+    """Per probed group of one normalisation layer with BatchNorm's formula (any axis): the thm4.2 Hessian
+    quadratic forms and the group's reductions (module doc).
 
-    layer: the BatchNorm module, or its index among the model's BatchNorm layers in forward order
-    (as `models.norm_layers` and `BoundCapture` number them). The layer must run exactly once per
-    forward.
+    layer: the layer's module, or its index among the model's BatchNorm-formula capture points in forward order
+    (`group_reductions.find_point`: for a BatchNorm network the BN layers, as `BoundCapture` numbers them). The
+    layer must run exactly once per forward. Keys: the forms, `group_reductions.REDUCTION_COLUMNS` and `channel`,
+    the probed group indices (`probed_groups`).
     """
     with training_function(model):
-        bn = _norm_layer(model, layer)
+        point = find_point(model, layer, bn_formula_only=True)
+        bn = point.module
         params = parameter_dict(model)
         captured: dict[str, torch.Tensor] = {}
 
@@ -217,15 +240,26 @@ def activation_curvature(model: nn.Module, layer: int | nn.Module, x: torch.Tens
         loss_of_input = _substituted_loss(model, bn, params, x, target, loss_fn, "input")
         loss_of_output = _substituted_loss(model, bn, params, x, target, loss_fn, "output")
 
-        jv = _jacobian_vector_product(bn_map, y0, v)  # J v, exact (BN's Jacobian is block diagonal by channel)
-        out_forms = _per_channel_quadratic_forms(loss_of_output, z0, [v, g, jv], vectorize, chunk_size)
-        (in_forms,) = _per_channel_quadratic_forms(loss_of_input, y0, [v], vectorize, chunk_size)
+        chosen = probed_groups(point, y0)
+        masks = group_masks(point, y0, chosen)
+        jv = _jacobian_vector_product(bn_map, y0, v)  # J v, exact (the Jacobian is block diagonal by group)
+        # a per-channel affine inside a per-sample group (LayerNorm, GroupNorm): the statement's z is yhat (gamma 1),
+        # so its H is Gamma H_z Gamma and its g is Gamma g: the output-side forms take Gamma v and Gamma^2 g
+        _, per_element = group_scale(point, y0)
+        v_out, g_out = (v, g) if per_element is None else (v * per_element, g * per_element**2)
+        out_forms = _per_group_quadratic_forms(loss_of_output, z0, [v_out, g_out, jv], masks, vectorize, chunk_size)
+        (in_forms,) = _per_group_quadratic_forms(loss_of_input, y0, [v], masks, vectorize, chunk_size)
         second = hessian_vector_product(lambda y: torch.sum(g * bn_map(y)), y0, v)  # Hess_y <g, BN(y)> v, block diagonal
-        second_order = (v.double() * second.double()).transpose(0, 1).reshape(v.shape[1], -1).sum(1)
-        gamma = bn.weight.detach() if bn.weight is not None else torch.ones(bn.num_features)
-        reductions = channel_reductions(y0, g, v, gamma, float(bn.eps))
+        second_order = group_view(point, v.double() * second.double()).sum((0, 2))[chosen]
+        reductions = group_reductions(point, y0, g, v, Scratch())
+    picked = torch.as_tensor(chosen, dtype=torch.long)
+    columns = reductions[:, picked].cpu().numpy()
+    m = group_view(point, y0).shape[0] * group_view(point, y0).shape[2]
     return {
-        **reductions,
+        "channel": np.asarray(chosen, dtype=np.int64),
+        "m": np.full(len(chosen), m, dtype=np.int64),
+        "eps": np.full(len(chosen), point.eps),
+        **dict(zip(FLOAT_COLUMNS, columns)),
         "hess_in_v": in_forms,
         "hess_out_v": out_forms[0],
         "hess_out_g": out_forms[1],

@@ -8,13 +8,19 @@ carry. Runs asked for by several experiments are trained once, with the union of
     noisy      Fig. 2   {none, BN, noisy BN, noisy none} at the first lr; activation histograms
     ics        Fig. 3   {none, BN} at the first lr; internal covariate shift of every layer
     landscape  Fig. 4   {none, BN} x train.lrs; loss / gradient / beta along the gradient
-    lp         Fig. 11-14  {BN} + lp_norms (l1, l-inf; l2 in the paper preset) at the first lr, landscape; and
+    lp         Fig. 11-14  {BN} + lp_norms (l1, l-inf; l2 in the paper preset) at the first lr, landscape (lp: and
+                        thm4.4's weight terms); and
                         the deep linear network with lp_norms x dln.lrs (l1 best on the DLN, Fig. 14)
     bounds     §4       BN x train.lrs; thm4.2 curvature and thm4.4 weight-space terms
     dln        Fig. 3/9 deep linear network {none, BN} x dln.lrs; landscape and ICS
     norms      issue 12 every registered normaliser (theory.normalisers.REGISTRY, --normaliser-file's included;
                         or norms_normalisers, the CLI's --norm) with {none, BN} as references, at the first lr,
-                        on the first norms_seeds seeds, landscape probes; capture as every run
+                        on the first norms_seeds seeds, landscape probes; the normalised ones also thm4.2's
+                        Hessian forms (BatchNorm's formula) and thm4.4's weight terms; capture as every run
+    sharpness  beyond   issue 16: the landscape and dln experiments' {none, BN} runs on their first
+               the paper  sharpness.seeds seeds: top Hessian eigenvalue, Hutchinson trace and effective sharpness
+                        at sharpness.levels (`config.SharpnessConfig`); the filter-normalised landscape at the last
+                        step on the first sharpness.filter_landscape_seeds seeds (VGG-1d: at the first lr)
 
 The comparison probes (landscape, ICS) run every probe_every steps, every early_probe_every steps before
 early_probe_until, and where the smoothed training loss first reaches each progress level
@@ -76,7 +82,9 @@ def landscape(config: ExperimentConfig) -> list[RunSpec]:
 
 
 def lp(config: ExperimentConfig) -> list[RunSpec]:
-    vgg = _vgg(config, (Norm.BATCHNORM, *config.lp_norms), config.train.lrs[:1], _landscape_probes(config))
+    vgg = _vgg(config, (Norm.BATCHNORM,), config.train.lrs[:1], _landscape_probes(config))
+    # the l_p networks also carry thm4.4's weight terms: their own thm4.1 analogue reaches the weights
+    vgg += _vgg(config, config.lp_norms, config.train.lrs[:1], _landscape_probes(config).union(_weight_probes(config)))
     # the DLN with each lp (l2 is BN's formula: the dln experiment's BN run stands for it), no probes:
     # Fig. 14 compares their training losses
     dln_norms = [norm for norm in config.lp_norms if norm is not Norm.LP2]
@@ -84,13 +92,22 @@ def lp(config: ExperimentConfig) -> list[RunSpec]:
                   for lr in config.dln.lrs for norm in dln_norms for seed in config.train.seeds]
 
 
-def bounds(config: ExperimentConfig) -> list[RunSpec]:
-    t = config.train
+def _weight_probes(config: ExperimentConfig) -> ProbeConfig:
     # thm4.4 rows are checked against the thm4.1 capture of the same step, so weight terms are taken only on
     # steps that also capture (every lcm of the two schedules): a row without its capture cannot be checked
-    return _vgg(config, (Norm.BATCHNORM,), config.train.lrs,
-                ProbeConfig(curvature_every=t.curvature_every, curvature_layers=t.curvature_layers,
-                            weight_bounds_every=math.lcm(t.probe_every, t.capture_every)))
+    t = config.train
+    return ProbeConfig(weight_bounds_every=math.lcm(t.probe_every, t.capture_every))
+
+
+def _bound_probes(config: ExperimentConfig) -> ProbeConfig:
+    """thm4.2's Hessian forms (layers with BatchNorm's formula only: `empirics.probes`) and thm4.4's weight terms."""
+    t = config.train
+    return _weight_probes(config).union(ProbeConfig(curvature_every=t.curvature_every,
+                                                    curvature_layers=t.curvature_layers))
+
+
+def bounds(config: ExperimentConfig) -> list[RunSpec]:
+    return _vgg(config, (Norm.BATCHNORM,), config.train.lrs, _bound_probes(config))
 
 
 def dln(config: ExperimentConfig) -> list[RunSpec]:
@@ -121,12 +138,45 @@ def norms(config: ExperimentConfig) -> list[RunSpec]:
     # the reference networks first (BatchNorm, the paper's subject, and the unnormalised one); runs another
     # experiment asks for too are trained once (`plan` merges them, with the union of their probes)
     measured = tuple(dict.fromkeys((*BASELINE, *norms_measured(config))))
-    return _vgg(config, measured, config.train.lrs[:1], _landscape_probes(config),
-                seeds=config.train.seeds[:config.norms_seeds])
+    seeds = config.train.seeds[:config.norms_seeds]
+    # every normalised network carries the bound probes, so each of its statements is checked on measured rows
+    return [spec for norm in measured
+            for spec in _vgg(config, (norm,), config.train.lrs[:1], _landscape_probes(config) if norm is Norm.NONE
+                             else _landscape_probes(config).union(_bound_probes(config)), seeds=seeds)]
+
+
+def _sharpness_probes(config: ExperimentConfig, t, steps: int, filter_landscape: bool) -> ProbeConfig:
+    """The sharpness probe at the progress levels of `t` (TrainConfig or DLNConfig) and, if asked, the filter-normalised
+    landscape at the run's last step."""
+    s = config.sharpness
+    probes = ProbeConfig(sharpness_every=s.every, sharpness_levels=s.levels, sharpness_top_k=s.top_k,
+                         sharpness_iterations=s.iterations, hutchinson_probes=s.hutchinson_probes,
+                         sharpness_batch=s.batch, sharpness_blocks=s.blocks, progress_levels=t.progress_levels)
+    if filter_landscape:
+        probes = probes.union(ProbeConfig(filter_landscape_steps=(steps - 1,),
+                                          filter_landscape_points=s.filter_landscape_points,
+                                          filter_landscape_grid=s.filter_landscape_grid,
+                                          filter_landscape_batch=s.filter_landscape_batch))
+    return probes
+
+
+def sharpness(config: ExperimentConfig) -> list[RunSpec]:
+    s = config.sharpness
+    seeds = config.train.seeds[:s.seeds]
+    specs = []
+    for index, seed in enumerate(seeds):
+        flat = index < s.filter_landscape_seeds
+        for position, lr in enumerate(config.train.lrs):  # the filter landscape at the first lr only (its cost)
+            probes = _sharpness_probes(config, config.train, config.train.steps, flat and position == 0)
+            specs += _vgg(config, BASELINE, (lr,), probes, seeds=(seed,))
+        specs += [RunSpec(config, norm, lr, seed + config.seed_offset, "dln",
+                          _sharpness_probes(config, config.dln, config.dln.steps, flat))
+                  for lr in config.dln.lrs for norm in config.dln.norms]
+    return specs
 
 
 EXPERIMENTS = {"train": train, "noisy": noisy, "ics": ics, "landscape": landscape, "lp": lp, "bounds": bounds,
-               "dln": dln, "norms": norms}
+               "dln": dln, "norms": norms, "sharpness": sharpness}
 
 
 def plan(config: ExperimentConfig) -> list[RunSpec]:

@@ -13,6 +13,9 @@ Tables (saved as `probes.npz`, keys `<probe>/<column>`):
     curvature/  one row per (step, layer, channel): thm4.2 quadratic forms and capture reductions
     weights/    one row per (step, layer, channel): thm4.4 terms (||dL/dW_j||^2, ||X||_2^2, ||dL/dy_j||^2)
     hist/       step, and (P, layers, bins) counts, (P, layers, C) mean, var; edges (layers, bins + 1)
+    sharpness/  (beyond the paper) step, progress_loss, level (index into sharpness_levels), trigger_level, lr, and
+                every column of `sharpness.sharpness_probe` (eigenvalues (P, k), lambda_max, lambda_eff, trace, ...)
+    filter_landscape/  (beyond the paper) step, progress_loss, and (P, points) alpha, loss_1d, (P, grid, grid) loss_2d
 """
 
 from __future__ import annotations
@@ -23,8 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import activations, curvature, ics, landscape, weight_bounds
+from . import activations, curvature, filter_landscape, ics, landscape, sharpness, weight_bounds
 from .config import ProbeConfig
+from .group_reductions import capture_points, normalised_layers
 from .norms import norm_slots
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -76,20 +80,20 @@ class ProgressTrigger:
 
 
 def _weight_layers(model: nn.Module) -> list[nn.Module]:
-    """Conv/Linear layers immediately followed by a BatchNorm (thm4.4: y = X W feeds the normaliser)."""
-    children = [m for m in model.modules() if not list(m.children())]
-    return [layer for layer, after in zip(children, children[1:])
-            if isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Linear))
-            and isinstance(after, nn.modules.batchnorm._BatchNorm)]
+    """The Conv/Linear layer each capture point normalises (thm4.4: y = X W feeds the normaliser), in the capture
+    points' order: the layer before the slot, or in weight space the reparametrised layer itself."""
+    return normalised_layers(model)
 
 
 class ProbeRecorder:
-    def __init__(self, probes: ProbeConfig, model: nn.Module, loss_fn: LossFn, lr: float):
+    def __init__(self, probes: ProbeConfig, model: nn.Module, loss_fn: LossFn, lr: float, seed: int = 0):
         self.probes, self.model, self.loss_fn, self.lr = probes, model, loss_fn, lr
+        self.seed = seed  # seeds the extension probes' own generators (sharpness.probe_generator), never the run's
         self.groups = ics.layer_groups(model)
         self.tables: dict[str, list[dict]] = {"landscape": [], "ics": [], "curvature": [], "weights": [], "hist": []}
         self._edges: list[np.ndarray] | None = None
         self.trigger = ProgressTrigger(probes.progress_levels)
+        sharpness.check_levels(probes.sharpness_levels, self.trigger.levels)
         self._comparison: dict | None = None  # this step's {"step", "progress_loss", "level"} when it probes
 
     def _comparison_due(self, every: int, step: int) -> bool:
@@ -120,10 +124,13 @@ class ProbeRecorder:
                                                grads=grads, loss0=loss)
             self.tables["landscape"].append({**self._comparison, **result})
         if _due(p.curvature_every, step):
-            layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-            chosen = sorted({i % len(layers) for i in p.curvature_layers}) if p.curvature_layers else range(len(layers))
-            for index in chosen if layers else ():
-                rows = curvature.activation_curvature(model, layers[index], x, target, self.loss_fn)
+            # the layers with BatchNorm's formula (thm4.2 is its statement), numbered as the capture numbers them
+            points = capture_points(model)
+            layers = [index for index, point in enumerate(points) if point.bn_formula]
+            chosen = sorted({layers[i % len(layers)] for i in p.curvature_layers}) if p.curvature_layers and layers \
+                else layers
+            for index in chosen:
+                rows = curvature.activation_curvature(model, points[index].module, x, target, self.loss_fn)
                 self.tables["curvature"].append(_rows(step, index, rows))
         if _due(p.weight_bounds_every, step):
             layers = _weight_layers(model)
@@ -144,6 +151,27 @@ class ProbeRecorder:
                 self._edges = [activations.bin_edges_from(out) for out in kept]
             summaries = activations.activation_summary(model, x, modules, self._edges)
             self.tables["hist"].append({"step": step, "summaries": summaries})
+        self._extension_probes(step, x, target)
+
+    def _extension_probes(self, step: int, x: torch.Tensor, target: torch.Tensor) -> None:
+        """Beyond the paper (issue 16): sharpness at its schedule, the filter-normalised landscape at its steps."""
+        p, rows = self.probes, self.tables.setdefault("sharpness", [])
+        due, level = sharpness.sharpness_due(p.sharpness_every, p.sharpness_levels, self.trigger.levels, step,
+                                             self._comparison["level"], rows)
+        if due:
+            n = p.sharpness_batch or x.shape[0]
+            generator = sharpness.probe_generator(self.seed, step, "lanczos")
+            result = sharpness.sharpness_probe(
+                self.model, self.loss_fn, x[:n], target[:n], generator=generator, top_k=p.sharpness_top_k,
+                iterations=p.sharpness_iterations, hutchinson_probes=p.hutchinson_probes, blocks=p.sharpness_blocks)
+            rows.append({**self._comparison, "level": level, "trigger_level": self._comparison["level"], "lr": self.lr,
+                         **result})
+        if step in p.filter_landscape_steps:
+            n = p.filter_landscape_batch or x.shape[0]
+            result = filter_landscape.filter_landscape(
+                self.model, self.loss_fn, x[:n], target[:n], points=p.filter_landscape_points,
+                grid=p.filter_landscape_grid, generator=sharpness.probe_generator(self.seed, step, "filter_landscape"))
+            self.tables.setdefault("filter_landscape", []).append({**self._comparison, **result})
 
     def after_update(self, step: int, x: torch.Tensor, target: torch.Tensor, before: dict, grads: dict) -> None:
         """ICS of Definition 2.1: `before` = W^t, the model now holds W^{t+1}, `grads` = G at W^t."""
@@ -173,6 +201,8 @@ class ProbeRecorder:
             if chunks:
                 for key in chunks[0]:
                     out[f"{name}/{key}"] = np.concatenate([c[key] for c in chunks])
+        for name in ("sharpness", "filter_landscape"):  # beyond the paper (issue 16)
+            out.update(sharpness.table_arrays(name, self.tables.get(name, [])))
         if self.tables["hist"]:
             records = self.tables["hist"]
             out["hist/step"] = np.asarray([r["step"] for r in records])

@@ -41,7 +41,7 @@ from .digits import IMAGE_SIZE as DIGITS_SIZE
 from .digits import IN_CHANNELS as DIGITS_CHANNELS
 from .digits import load_digits
 from .dln import build_dln, dln_loss, synthetic_regression
-from .models import build_model, norm_layers
+from .models import build_model
 from .norms import norm_factory
 from .phases import PhaseClock
 from .probes import ProbeRecorder
@@ -305,9 +305,12 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
         task = (_dln_task if spec.kind == "dln" else _vgg_task)(spec, device)
     model = task.model
     steps, eval_every, log_every, capture_every = _schedule(spec)
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0, weight_decay=0.0)
-    capture = BoundCapture(model) if norm_layers(model) and capture_every else None
-    probes = ProbeRecorder(spec.probes, model, task.loss_fn, spec.lr)
+    # foreach: one fused dispatch for every parameter instead of torch's per-tensor loop on CPU, the same
+    # elementwise p - lr * g bit for bit (tests/test_empirics_train.py); 0.72-0.78 of the loop's update time here
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0, weight_decay=0.0, foreach=True)
+    capture = BoundCapture(model) if capture_every else None
+    capture = capture if capture is not None and capture.points else None  # nothing to capture without a normaliser
+    probes = ProbeRecorder(spec.probes, model, task.loss_fn, spec.lr, seed=spec.seed)
     state = (_load_checkpoint(checkpoint, spec, task, optimizer, probes) if checkpoint is not None else None) \
         or _Progress()
     train_log, test_log, capture_chunks = state.train_log, state.test_log, state.capture_chunks

@@ -17,6 +17,9 @@ chain ||dL/dW_{.j}||^2 <= ||X||_2^2 ||dL/dy_j||^2 <= ||X||_2^2 RHS_thm4.1.
 Per channel j (float64 numpy arrays, length C_out): grad_w_sq = ||dL/dW_{.j}||^2 from autograd,
 dy_sq = ||dL/dy_j||^2, identity_err = ||dL/dW_{.j} - X^T dL/dy_j|| (rounding only: the identity is
 exact), and the scalars x_spec_sq = ||X||_2^2 and rows = number of rows of X (= m of the BN after it).
+For a layer reparametrised in weight space (`norms.ReparametrisedConv1d` ..., W = s hat(v)) the weight
+differentiated is its direction v: grad_w_sq = ||dL/dv_j||^2, the left side of the weight-space statements,
+and identity_err is NaN (dL/dv = J^T X^T dy: the normaliser's identity, measured by the capture).
 
 ||X||_2^2 is the largest eigenvalue of the smaller Gram matrix (X^T X, or X X^T when X is wide),
 formed and diagonalised in float64 (eigvalsh: exact to rounding, relative error ~ rows * 2^-53; the
@@ -104,7 +107,10 @@ def weight_bound_terms_of_layers(model: nn.Module, layers: list[nn.Module], x: t
             grad_w = grad_w.detach().double().reshape(channels, -1)  # (C_out, fan_in)
             # (N, C_out, *spatial) -> (C_out, N * prod(spatial)), sample-major like the rows of X; (N, C_out) -> (C_out, N)
             dy = grad_y.detach().double().transpose(0, 1).reshape(channels, -1)
-            identity_err = torch.linalg.vector_norm(grad_w - dy @ matrix, dim=1)
+            # a reparametrised layer's weight is the direction v (W = s hat(v)): dL/dv = J^T X^T dy, not X^T dy, so
+            # the identity is the capture's (its identity_err), not this one's
+            identity_err = (torch.full((channels,), float("nan"), dtype=torch.float64) if hasattr(layer, "effective_weight")
+                            else torch.linalg.vector_norm(grad_w - dy @ matrix, dim=1))
             results.append({
                 "grad_w_sq": (grad_w**2).sum(1).cpu().numpy(),
                 "dy_sq": (dy**2).sum(1).cpu().numpy(),

@@ -15,8 +15,9 @@ from verify.report.runs import performance_blocks
 
 PROBE_FIGURES = ("train_step", "capture_overhead", "capture_disabled", "probe_point_unbatched",
                  "probe_point_batched", "ics_layer", "hvp", "hvp_amortised", "probed_step", "pool_step",
-                 "lp_step_lp1", "lp_step_lpinf", "run_overhead_batchnorm", "run_overhead_lp1",
-                 "run_overhead_noisy_batchnorm")
+                 "lp_step_lp1", "lp_step_lpinf", "noisy_step", "sgd_update", "dln_step_none", "dln_step_batchnorm",
+                 "dln_step_lp1", "run_overhead_batchnorm", "run_overhead_lp1",
+                 "run_overhead_noisy_batchnorm", "sharpness_estimate", "sharpness_per_hvp", "filter_landscape_point")
 THEORY_FIGURES = ("theory_cold_s", "theory_cached_s")
 
 
@@ -63,7 +64,8 @@ def test_smoke_bench_writes_every_probe_figure_with_its_machine(smoke_bench):
     probed = bench["figures"]["probed_step"]
     assert probed["floor"] > 1 and probed["target"] == pytest.approx(1.2 * probed["floor"])
     assert "0 module hooks left" in bench["figures"]["capture_disabled"]["note"]
-    assert "derived" in bench["figures"]["lp_step_lp1"]["note"] and "maximum" in bench["figures"]["lp_step_lpinf"]["note"]
+    # both l_p normalisers have a derived backward (l-inf's batch maximum on its smooth piece, numeric.torch_program)
+    assert "derived" in bench["figures"]["lp_step_lp1"]["note"] and "derived" in bench["figures"]["lp_step_lpinf"]["note"]
     run = bench["figures"]["run_overhead_batchnorm"]
     assert run["run_overhead"] == pytest.approx(sum(run["breakdown"].values()))
     assert run["breakdown"]["curvature"] > 0 and run["breakdown"]["captures"] > 0  # the smoke BN run does both

@@ -140,9 +140,9 @@ def test_thm4_2_first_form_is_an_equality_at_zero_eps():
 
 def test_layer_selection_errors_say_what_exists():
     model = tiny_net("batchnorm")
-    with pytest.raises(IndexError, match="2 BatchNorm layers"):
+    with pytest.raises(IndexError, match="2 normalisation layers"):
         activation_curvature(model, 2, *tiny_batch(), F.cross_entropy)
-    with pytest.raises(ValueError, match="not a BatchNorm layer"):
+    with pytest.raises(ValueError, match="not a normalisation layer"):
         activation_curvature(model, nn.BatchNorm1d(3), *tiny_batch(), F.cross_entropy)
 
 
@@ -155,3 +155,29 @@ def test_zero_eps_identities_fail_measurably_at_large_eps():
     r = activation_curvature(model, 1, *tiny_batch(), F.cross_entropy)
     predicted = -(r["gamma"] / (r["m"] * r["sigma"] ** 2)) * r["g_yhat"] * r["lhs"]
     assert np.max(np.abs(r["bn_second_order"] - predicted)) > 1e-3 * np.abs(predicted).max()
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "groupnorm"])
+def test_per_sample_groups_satisfy_the_zero_eps_identity_with_a_trained_affine(norm):
+    """thm4.2's first form is an identity at eps = 0 for BatchNorm's formula on any axis: with LayerNorm's and
+    GroupNorm's per-channel affine inside a sample's group (gamma != 1, as after training) the output-side forms
+    must be taken for z = yhat (H -> Gamma H Gamma, g -> Gamma g), or the identity breaks by O(gamma - 1)."""
+    from empirics.config import ModelConfig, Norm
+    from empirics.models import build_model
+
+    generator = torch.Generator().manual_seed(3)
+    model = build_model(ModelConfig(channels=(4, 8), hidden=8), Norm(norm), ZERO_EPS, generator=generator).double()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.weight.uniform_(0.5, 2.0, generator=generator)
+                module.bias.uniform_(-0.5, 0.5, generator=generator)
+    x = torch.randn(6, 1, 40, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 10, (6,), generator=generator)
+    for layer in (0, 1):
+        r = activation_curvature(model, layer, x, labels, F.cross_entropy)
+        assert np.all(r["gamma"] == 1.0)  # the affine is folded into g: a per-element scale
+        first_form = r["hess_out_v"] / r["sigma"] ** 2 - r["g_yhat"] * r["lhs"] / (r["m"] * r["sigma"] ** 2)
+        scale = np.abs(r["hess_in_v"]).max()
+        np.testing.assert_allclose(r["hess_in_v"], first_form, rtol=1e-8, atol=1e-8 * scale,
+                                   err_msg=f"{norm} layer {layer}")

@@ -53,3 +53,13 @@ def test_verify_all_derives_trains_and_reports_a_new_normaliser_file(tmp_path):
     runs = [json.loads(p.read_text()) for p in (out / "runs").glob("*/spec.json")]
     assert {spec["norm"] for spec in runs} == set(trained)
     assert results["config"]["normaliser_files"] == [str(path.resolve())]
+    # its statements checked on the trained network's captures: thm4.1 (proved for this formula) holds on every row
+    checked = {}
+    for record in results["checks"]:
+        if record["normaliser"] == "unbiased_bn_e2e":
+            total = checked.setdefault(record["claim"], [0, 0])
+            total[0] += record["n_checked"]
+            total[1] += record["n_violations"]
+    assert results["theory"]["unbiased_bn_e2e"]["thm4.1"]["status"] == "proved"
+    assert checked["thm4.1"][0] > 0 and checked["thm4.1"][1] == 0, checked
+    assert {"thm4.4-per-unit", "thm4.4"} <= set(checked), checked  # the weight-space forms on its weight terms

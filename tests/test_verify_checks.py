@@ -9,7 +9,7 @@ import torch
 from empirics.capture import BoundCapture
 from empirics.config import ModelConfig, Norm
 from empirics.models import build_model
-from verify import checks, training
+from verify import checks, measured_statements, training
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ def test_every_weight_row_finds_its_capture(measured_run):
 
 
 def test_thm44_per_unit_holds_and_a_one_percent_excess_is_caught(measured_run):
-    claim = checks.weight_per_unit_check()
+    claim = measured_statements.weight_per_unit_check()
     rows = measured_run["weights"]
     summary = _summary(claim, rows)
     assert summary["n_checked"] == len(rows["step"]) and summary["n_violations"] == 0
@@ -129,10 +129,10 @@ def test_thm44_per_unit_holds_and_a_one_percent_excess_is_caught(measured_run):
 
 def test_thm44_minimax_reading_is_tight_and_the_printed_form_is_computed(measured_run):
     rows = measured_run["weights"]
-    consistent = _summary(checks.minimax_weight_check("thm4.4"), rows)
+    consistent = _summary(measured_statements.minimax_weight_check("thm4.4"), rows)
     assert consistent["n_violations"] == 0
     assert abs(consistent["median_ratio"] - 1) < 1e-4  # lambda^2 ||v||^2 = lambda^2 RHS_4.1 up to eps
-    printed = _summary(checks.minimax_weight_check("thm4.4-printed"), rows)
+    printed = _summary(measured_statements.minimax_weight_check("thm4.4-printed"), rows)
     assert printed["n_checked"] == consistent["n_checked"]
 
 
@@ -143,14 +143,14 @@ def test_obs43_matched_scale_gradient_is_never_larger(measured_run):
 
 def test_thm42_first_form_is_an_identity_up_to_eps_and_rounding(measured_run):
     rows = measured_run["curvature"]
-    summary = _summary(checks.smoothness_check("thm4.2"), rows)
+    summary = _summary(measured_statements.smoothness_check("thm4.2"), rows)
     assert summary["n_checked"] == len(rows["step"]) > 0
     assert summary["n_violations"] == 0
-    assert set(summary["conditions_held"]) == {c.name for c in checks.SMOOTHER_CONDITIONS}
+    assert set(summary["conditions_held"]) == {c.name for c in measured_statements.SMOOTHER_CONDITIONS}
 
 
 def test_thm42b_violations_occur_only_where_reading_r1_fails(measured_run):
     """At eps ~ 0, LHS - RHS_b = (gamma^2/sigma^2)(v^T H v - g^T H g): R1 is the exact condition."""
-    evaluated = checks.check_rows(checks.smoothness_check("thm4.2b"), measured_run["curvature"], "float32")
-    r1 = evaluated["condition:" + checks.READING_R1.name]
+    evaluated = checks.check_rows(measured_statements.smoothness_check("thm4.2b"), measured_run["curvature"], "float32")
+    r1 = evaluated["condition:" + measured_statements.READING_R1.name]
     assert not np.any(evaluated["violated"] & r1)

@@ -13,6 +13,14 @@ each statistic's summand is lambdified for one sample and reduced by a mean (a `
 over the normalisation axes, in the formula's order -- so mu is computed before var (two passes,
 numerically stable) and no forward is ever written twice. torch is never imported here; lambdify
 with module "torch" and tensor methods do the work.
+
+The modules' backward is derived from the same formula (`torch_program`, `_fused_programs`): reverse mode
+through the statistics program, for symbolic m, printed as fused torch code. For a statistic that is a
+batch maximum (l-inf's max_i |y_i - mu|) the derived backward is the derivative on the smooth piece where
+one sample attains the maximum, dR/dy_i = w_i df/dy(y_i), w_i = 1[f(y_i) = R] / #{samples attaining R},
+recomputed in the backward from the saved input and statistics; at a tie it is the subgradient torch's
+amax backward takes (the samples attaining R share its gradient evenly), and w is piecewise constant, so
+the backward differentiates again as autograd of the forward does.
 """
 
 from __future__ import annotations
@@ -196,6 +204,25 @@ def scale_and_hat(normaliser: str, values, eps_value: float, dims=(-1,)) -> tupl
     return sigma_value.copy(), hat(values, *stats, eps_value, count) + values * 0
 
 
+def torch_scale_and_hat(normaliser: str, values, eps_value: float, dims=(-1,)) -> tuple:
+    """(sigma, yhat) as torch tensors of values' dtype and device: `scale_and_hat` for torch (sigma kept as size-1
+    axes over `dims`, broadcast against values; yhat of values' shape). The measured side's view of the formula
+    (`empirics.capture` reduces captured groups with it), lambdified from the same statistics program."""
+    target = _normaliser(normaliser)
+    axes = _axes(dims, values.dim())
+    count = values.new_tensor(float(math.prod(values.shape[d] for d in axes)))
+    eps_tensor = values.new_tensor(float(eps_value))
+
+    def reduce(kind, term):
+        return term.mean(dim=axes, keepdim=True) if kind == "mean" else term.amax(dim=axes, keepdim=True)
+
+    stats = _statistics(target, "torch", values, reduce, eps_tensor, count)
+    hat, scale = _hat_program(target, "torch")
+    kept = tuple(1 if axis in axes else size for axis, size in enumerate(values.shape))
+    sigma_value = scale(*stats, eps_tensor, count) + values.new_zeros(kept)  # a constant scale still has the shape
+    return sigma_value, hat(values, *stats, eps_tensor, count) + values * 0
+
+
 @functools.cache
 def _jacobian_entry(target):
     derivation = derive(target)
@@ -229,8 +256,11 @@ def jacobian(normaliser: str, batch: np.ndarray, gamma_value: float, eps_value: 
 _GRAD = sp.Symbol("g_sample", real=True)  # dL/dz of one sample
 _AXES = sp.Symbol("axes")  # the normalisation axes, passed through to the reductions
 _BATCH_SUM, _BATCH_MEAN = sp.Function("_batch_sum"), sp.Function("_batch_mean")
+_BATCH_MAX = sp.Function("_batch_max")
 _PER_GROUP = sp.Function("_per_group")  # identity: makes one-number-per-group factors multiply before the tensor
-_REDUCTIONS = (_BATCH_SUM, _BATCH_MEAN)
+# 1[f_i = max_j f_j], f the argument: per sample, constant on a smooth piece (`_attained`, `_max_weight`)
+_ATTAINED = sp.Function("_attained")
+_REDUCTIONS = (_BATCH_SUM, _BATCH_MEAN, _BATCH_MAX)
 
 
 def _batch_sum(tensor, axes: tuple[int, ...]):
@@ -245,7 +275,24 @@ def _batch_mean(tensor, axes: tuple[int, ...]):
     return _batch_sum(tensor, axes) / math.prod(tensor.shape[axis] for axis in axes)
 
 
-_TORCH_FUNCTIONS = {"_batch_sum": _batch_sum, "_batch_mean": _batch_mean, "_per_group": lambda t: t}
+def _batch_max(tensor, axes: tuple[int, ...]):
+    """Maximum over `axes` (kept as size 1), one axis at a time: a multi-axis amax of a (N, C, L) activation takes
+    ~10x as long on this CPU (160 against 15 us at (128, 32, 10)); the maximum is exact either way."""
+    for axis in axes:
+        tensor = tensor.amax(axis, keepdim=True)
+    return tensor
+
+
+def _attained(tensor, axes: tuple[int, ...]):
+    """1 where `tensor` attains its maximum over `axes`, else 0, in tensor's dtype: 1 + sign(t - max t), t <= max t
+    (exact: t - max t is 0 only where they are equal). Arithmetic, not (tensor == max).to(dtype): the comparison
+    and the cast measured ~88 us against ~67 for these three at (128, 8, 40) here. Recomputed from `tensor`, so at least one sample attains it whatever the rounding; piecewise constant,
+    so autograd differentiates it to 0 (sign's derivative), as it does amax's mask."""
+    return (tensor - _batch_max(tensor, axes)).sign() + 1
+
+
+_TORCH_FUNCTIONS = {"_batch_sum": _batch_sum, "_batch_mean": _batch_mean, "_batch_max": _batch_max,
+                    "_attained": _attained, "_per_group": lambda t: t}
 
 
 def _per_sample(expr: sp.Expr) -> bool:
@@ -257,26 +304,58 @@ def _per_sample(expr: sp.Expr) -> bool:
     return any(_per_sample(arg) for arg in expr.args)
 
 
+def _signed_content(factor: sp.Expr) -> tuple[sp.Expr, sp.Expr]:
+    """(c, f) with factor = c f: c the numeric content of a sum (1 for any other factor), f the sum in the sign SymPy
+    keeps canonical (as in sign(mu - y) = -sign(y - mu)), so that one tensor serves both y - mu and mu - y and the
+    number multiplies the per-group factors instead of the tensor."""
+    if not factor.is_Add:
+        return sp.Integer(1), factor
+    content, primitive = factor.primitive()
+    if primitive.could_extract_minus_sign():
+        return -content, -primitive
+    return content, primitive
+
+
 def _group_first(expr: sp.Expr) -> sp.Expr:
     """expr with the per-group factors of every product (terms of every sum) combined before the per-sample
-    ones: one tensor-sized operation for gamma / sigma * (y - mu), not two."""
+    ones: one tensor-sized operation for gamma / sigma * (y - mu), not two; 2 (y - mu) g / sigma as
+    (mu - y) (-2 g / sigma), reusing the tensor mu - y."""
     if not expr.args or expr.func in (_PER_GROUP,):
         return expr
     args = [_group_first(arg) for arg in expr.args]
     if expr.is_Mul or expr.is_Add:
         group = [arg for arg in args if not _per_sample(arg)]
         sample = [arg for arg in args if _per_sample(arg)]
+        if expr.is_Mul and sample:
+            contents, signed = zip(*map(_signed_content, sample))
+            signed_group = [factor for factor in (*group, *contents) if factor != 1]
+            if len(signed_group) > 1:  # else Mul(c, sum) would distribute c over the sum again
+                group, sample = signed_group, list(signed)
         if sample and len(group) > 1:
             combined = sp.Mul(*group) if expr.is_Mul else sp.Add(*group)
             return expr.func(_PER_GROUP(combined), *sample)
     return expr.func(*args)
 
 
+def _max_weight(summand: sp.Expr) -> sp.Expr:
+    """w_i = 1[f(y_i) = max_j f(y_j)] / #{j: f(y_j) = max f}: dR/dy_i = w_i df/dy(y_i) for R = max_i f(y_i), ties
+    shared evenly (torch's amax backward); the count a per-group factor, so no tensor-sized division."""
+    attained = _ATTAINED(summand, _AXES)
+    return attained / _BATCH_SUM(attained, _AXES)
+
+
 def _reduce(kind, expr: sp.Expr) -> sp.Expr:
-    """The batch sum / mean of expr, per-group factors pulled out of it (they are constants of the sum)."""
-    factors = sp.Mul.make_args(sp.factor_terms(expr))
-    group = sp.Mul(*[f for f in factors if not _per_sample(f)])
-    sample = sp.Mul(*[f for f in factors if _per_sample(f)])
+    """The batch sum / mean of expr, per-group factors pulled out of it (they are constants of the sum), and the
+    numeric content and sign of its per-sample sums (`_signed_content`)."""
+    group, sample = [], []
+    for factor in sp.Mul.make_args(sp.factor_terms(expr)):
+        if _per_sample(factor):
+            content, factor = _signed_content(factor)
+            group.append(content)
+            sample.append(factor)
+        else:
+            group.append(factor)
+    group, sample = sp.Mul(*group), sp.Mul(*sample)
     if sample == 1:
         return group * (m if kind is _BATCH_SUM else 1)
     return group * kind(sample, _AXES)
@@ -284,40 +363,51 @@ def _reduce(kind, expr: sp.Expr) -> sp.Expr:
 
 @functools.cache
 def _fused_programs(target, affine: bool) -> tuple:
-    """(forward, backward) as lambdified torch code with common subexpressions computed once (see TorchProgram).
+    """(forward, backward, seeded backward) as lambdified torch code with common subexpressions computed once.
 
     forward(y, gamma, beta, eps, m, axes) -> [z, S_1, ..., S_r]: z = gamma * yhat + beta, statistics as
-    batch means over `axes` (kept as size-1 axes). backward(y, g, S_1, .., S_r, gamma, eps, m, axes, Q_1, ..,
-    Q_r) -> [dL/dy, per-group dL/dgamma, per-group dL/dbeta], g = dL/dz, Q_t = dL/dS_t: reverse mode through
-    the statistics program (S_t = c_t(R_t1, .., S_<t), R_tj = mean_i f_tj(y_i; S_<t), yhat_i = h(y_i; S))
-    with every partial derivative taken symbolically for one sample:
+    batch means (or maxima) over `axes` (kept as size-1 axes); m and eps are Python floats (`_TorchReductionPrinter`).
+    seeded(y, g, S_1, .., S_r, gamma, eps, m, axes, Q_1, .., Q_r) -> [dL/dy, per-group dL/dgamma, per-group
+    dL/dbeta], g = dL/dz, Q_t = dL/dS_t; backward(y, g, S_1, .., S_r, gamma, eps, m, axes) the same with every
+    Q_t = 0 (a training step's: the statistics feed nothing downstream; their seeds come only in a second
+    derivative, `empirics.norm_layers._DerivedNormalise`). Reverse mode through
+    the statistics program (S_t = c_t(R_t1, .., S_<t), R_tj = sum_i w_tj,i f_tj(y_i; S_<t) a batch mean, w = 1/m,
+    or R_tj = max_i f_tj(y_i; S_<t) a batch maximum, yhat_i = h(y_i; S)) with every partial derivative taken
+    symbolically for one sample:
 
-        Sbar_t  = Q_t + sum_i ghat_i dh/dS_t(y_i) + sum_{t' > t} (Sbar_t' dc_t'/dS_t + sum_j Rbar_t'j mean_i df_t'j/dS_t)
-        Rbar_tj = Sbar_t dc_t/dR_tj,      dL/dy_i = ghat_i dh/dy(y_i) + sum_tj Rbar_tj df_tj/dy(y_i) / m
+        Sbar_t  = Q_t + sum_i ghat_i dh/dS_t(y_i) + sum_{t' > t} (Sbar_t' dc_t'/dS_t + sum_j Rbar_t'j sum_i w_t'j,i df_t'j/dS_t)
+        Rbar_tj = Sbar_t dc_t/dR_tj,      dL/dy_i = ghat_i dh/dy(y_i) + sum_tj Rbar_tj w_tj,i df_tj/dy(y_i)
 
-    with ghat = gamma g: exact for symbolic m. `affine`: gamma and beta are one number per group (the
+    with ghat = gamma g. For a mean, w = 1/m: exact for symbolic m. For a maximum, w_tj,i = 1[f_tj(y_i) = R_tj] /
+    #{k: f_tj(y_k) = R_tj} (`_max_weight`, recomputed in the backward from the saved y and statistics): dR/dy_i =
+    w_i df/dy(y_i) is the derivative on the smooth piece where one sample attains the maximum, and at a tie it is
+    the subgradient torch's amax backward takes (the samples that attain it share the gradient evenly); w is
+    constant on the piece, so its derivative is 0, as autograd of amax has it, and the backward differentiates
+    again to autograd's second derivative of the forward. `affine`: gamma and beta are one number per group (the
     per-channel affine of a batch-style normaliser); otherwise gamma = 1, beta = 0 and the caller applies it.
-    Raises NoClosedForm for a batch maximum (its derivative depends on which samples attain it) and for a
-    statistic not linear in its reductions.
+    Raises NoClosedForm for a statistic not linear in its reductions.
     """
     parts = _statistic_parts(target)
     stats = [symbol for symbol, _, _, _ in parts]
-    if any(kind == "max" for _, reductions, _, _ in parts for kind, _ in reductions):
-        raise NoClosedForm(f"{target.name}: a batch maximum has no derivative in batch reductions (which samples "
-                           "attain it decides it); differentiate its forward with autograd")
     scale, shift = (gamma, sp.Symbol("beta", real=True)) if affine else (sp.Integer(1), sp.Integer(0))
     hat = target.hat(_SAMPLE)
 
-    # forward: each statistic a batch mean of its summand, the earlier statistics inlined
+    # forward: each statistic a batch mean (or maximum) of its summand, the earlier statistics inlined
     inlined: dict = {}
     for symbol, reductions, placeholders, combine in parts:
-        means = {p: _BATCH_MEAN(summand, _AXES) for p, (_, summand) in zip(placeholders, reductions)}
-        inlined[symbol] = combine.xreplace(means).xreplace(inlined)
+        reduced = {p: (_BATCH_MEAN if kind == "mean" else _BATCH_MAX)(summand, _AXES)
+                   for p, (kind, summand) in zip(placeholders, reductions)}
+        inlined[symbol] = combine.xreplace(reduced).xreplace(inlined)
     outputs = [scale * hat + shift, *stats]
     forward_code = [_group_first(expr.xreplace(inlined)) for expr in outputs]
 
     # backward: reverse mode through the statistics (module doc), the statistics given as saved values
     seeds = [sp.Symbol(f"_seed{t}", real=True) for t in range(len(stats))]
+    # mean_i (f(y_i) - S) = 0 for a statistic S = mean_i f(y_i) (mean_i (mu - y_i) = 0 for the centre mu): dropped,
+    # not computed (float rounding apart, autograd of the forward computes it as ~0; its derivative along S is 0 too)
+    centred = {_BATCH_MEAN(_signed_content(reductions[0][1] - symbol)[1], _AXES): sp.Integer(0)
+               for symbol, reductions, placeholders, combine in parts
+               if len(reductions) == 1 and reductions[0][0] == "mean" and combine == placeholders[0]}
     grad_hat = scale * _GRAD
     stat_bar: dict[int, sp.Expr] = {}
     reduction_bar: dict[tuple[int, int], sp.Expr] = {}
@@ -326,8 +416,10 @@ def _fused_programs(target, affine: bool) -> tuple:
         for later in range(t + 1, len(stats)):
             _, later_reductions, _, later_combine = parts[later]
             total += stat_bar[later] * sp.diff(later_combine, stats[t])
-            for j, (_, summand) in enumerate(later_reductions):
-                total += reduction_bar[later, j] * _reduce(_BATCH_MEAN, sp.diff(summand, stats[t]))
+            for j, (kind, summand) in enumerate(later_reductions):
+                slope = sp.diff(summand, stats[t])  # mean_i df/dS, or sum_i w_i df/dS for a maximum
+                total += reduction_bar[later, j] * (_reduce(_BATCH_MEAN, slope).xreplace(centred) if kind == "mean"
+                                                    else _reduce(_BATCH_SUM, _max_weight(summand) * slope))
         stat_bar[t] = total
         _, own_reductions, placeholders, combine = parts[t]
         for j in range(len(own_reductions)):
@@ -337,30 +429,44 @@ def _fused_programs(target, affine: bool) -> tuple:
                                    "differentiate its forward with autograd")
             reduction_bar[t, j] = stat_bar[t] * slope
     input_bar = grad_hat * sp.diff(hat, _SAMPLE) + sum(
-        (reduction_bar[t, j] * sp.diff(summand, _SAMPLE) / m
-         for t, (_, own_reductions, _, _) in enumerate(parts) for j, (_, summand) in enumerate(own_reductions)),
+        (reduction_bar[t, j] * sp.diff(summand, _SAMPLE) * (1 / m if kind == "mean" else _max_weight(summand))
+         for t, (_, own_reductions, _, _) in enumerate(parts) for j, (kind, summand) in enumerate(own_reductions)),
         sp.Integer(0))
-    backward_code = [_group_first(input_bar)]
+    backward_code = [input_bar]
     if affine:
-        backward_code += [_group_first(_reduce(_BATCH_SUM, _GRAD * hat)), _reduce(_BATCH_SUM, _GRAD)]
+        backward_code += [_reduce(_BATCH_SUM, _GRAD * hat), _reduce(_BATCH_SUM, _GRAD)]
 
-    options = {"modules": [_TORCH_FUNCTIONS, "torch"], "cse": True, "printer": _TorchReductionPrinter}
+    # cse's "basic" optimisations share products across the outputs (fewer per-group ops than plain cse)
+    options = {"modules": [_TORCH_FUNCTIONS, "torch"], "cse": functools.partial(sp.cse, optimizations="basic"),
+               "printer": _TorchReductionPrinter}
     affine_args = (scale, shift) if affine else ()
     forward = sp.lambdify((_SAMPLE, *affine_args, eps, m, _AXES), forward_code, **options)
-    backward = sp.lambdify((_SAMPLE, _GRAD, *stats, *affine_args[:1], eps, m, _AXES, *seeds), backward_code, **options)
-    return forward, backward
+    backward_args = (_SAMPLE, _GRAD, *stats, *affine_args[:1], eps, m, _AXES)
+    seeded = sp.lambdify((*backward_args, *seeds), [_group_first(expr) for expr in backward_code], **options)
+    # the training backward: every Q_t = 0 (no statistic is used downstream), so no seed is ever added
+    unseeded = [_group_first(expr.xreplace(dict.fromkeys(seeds, sp.Integer(0)))) for expr in backward_code]
+    return forward, sp.lambdify(backward_args, unseeded, **options), seeded
 
 
 def _torch_printer():
     from sympy.printing.pytorch import TorchPrinter
 
     class TorchReductionPrinter(TorchPrinter):
-        """TorchPrinter that prints the batch reductions and _per_group as calls of _TORCH_FUNCTIONS."""
+        """TorchPrinter that prints the batch reductions, _attained and _per_group as calls of _TORCH_FUNCTIONS."""
 
         def _print_Function(self, expr):
-            if expr.func in (*_REDUCTIONS, _PER_GROUP):
+            if expr.func in (*_REDUCTIONS, _PER_GROUP, _ATTAINED):
                 return f"{expr.func.__name__}({', '.join(self._print(arg) for arg in expr.args)})"
             return super()._print_Function(expr)
+
+        def _print_Pow(self, expr):
+            if expr.free_symbols <= {m, eps}:  # Python floats (TorchProgram): 1/m in Python, not a tensor op
+                return f"({self._print(expr.base)})**({self._print(expr.exp)})"
+            return super()._print_Pow(expr)
+
+        def _as_ordered_terms(self, expr, order=None):
+            # terms without a leading minus first: y - mu is one subtraction, -mu + y a negation and an addition
+            return sorted(super()._as_ordered_terms(expr, order=order), key=lambda term: term.could_extract_minus_sign())
 
     return TorchReductionPrinter
 
@@ -374,39 +480,41 @@ class TorchProgram:
     def __init__(self, target):
         self.name = target.name
         self._target = target
-        for affine in (True, False):
-            _fused_programs(target, affine)  # derive both now: raises NoClosedForm before any module is built
+        # derived now (raises NoClosedForm before any module is built) and held: no cache lookup per call
+        self._programs = {affine: _fused_programs(target, affine) for affine in (True, False)}
 
     def forward(self, values, axes: tuple[int, ...], eps_value: float, gamma=None, beta=None) -> tuple:
         """(z, [S_1, ..., S_r]) over `axes`: z = gamma yhat + beta with gamma, beta one number per group (tensors
         broadcasting against values), or yhat when both are None; statistics kept as size-1 axes."""
-        forward, _ = _fused_programs(self._target, gamma is not None)
-        count, eps_tensor = _torch_constants(values, axes, eps_value)
+        forward = self._programs[gamma is not None][0]
         affine = (gamma, beta) if gamma is not None else ()
-        z, *stats = forward(values, *affine, eps_tensor, count, axes)
+        z, *stats = forward(values, *affine, float(eps_value), _group_size(values, axes), axes)
         return z, stats
 
     def backward(self, values, stats: list, grad, stat_grads: list, axes: tuple[int, ...], eps_value: float,
                  gamma=None) -> list:
         """[dL/dy] (or [dL/dy, dL/dgamma, dL/dbeta] per group, with gamma) from dL/dz and dL/dS_t (None: zero), in
         torch ops throughout, so the result differentiates again."""
-        _, backward = _fused_programs(self._target, gamma is not None)
-        count, eps_tensor = _torch_constants(values, axes, eps_value)
-        seeds = [0.0 if stat_grad is None else stat_grad for stat_grad in stat_grads]
-        affine = (gamma,) if gamma is not None else ()
-        return backward(values, grad, *stats, *affine, eps_tensor, count, axes, *seeds)
+        _, backward, seeded = self._programs[gamma is not None]
+        arguments = (values, grad, *stats, *((gamma,) if gamma is not None else ()), float(eps_value),
+                     _group_size(values, axes), axes)
+        if all(stat_grad is None for stat_grad in stat_grads):
+            return backward(*arguments)
+        return seeded(*arguments, *(0.0 if stat_grad is None else stat_grad for stat_grad in stat_grads))
 
 
-def _torch_constants(values, axes: tuple[int, ...], eps_value: float) -> tuple:
-    """m and eps as 0-d tensors of values' dtype and device (torch.sqrt and friends accept tensors only)."""
-    return values.new_tensor(float(math.prod(values.shape[d] for d in axes))), values.new_tensor(float(eps_value))
+def _group_size(values, axes: tuple[int, ...]) -> float:
+    """m, a Python float: the programs' scalars stay out of torch (a 0-d tensor from new_tensor measured ~25 us here,
+    four per forward and backward, and every operation on it is one more dispatch)."""
+    return float(math.prod(values.shape[d] for d in axes))
 
 
 def torch_program(normaliser: str) -> TorchProgram:
     """The normaliser's forward with the backward derived from its formula (`_fused_programs`), for a
     torch.autograd.Function: J^T g in a few batch sums and elementwise operations, instead of autograd
-    through the forward's many small ops. Raises NoClosedForm where the backward has no such form (a batch
-    maximum, as l-inf's): use `torch_forward` with autograd there."""
+    through the forward's many small ops; for a batch maximum (l-inf) the derivative on the smooth piece,
+    ties shared evenly as torch's amax backward shares them. Raises NoClosedForm where the backward has no
+    such form (a statistic not linear in its reductions): use `torch_forward` with autograd there."""
     return TorchProgram(_normaliser(normaliser))
 
 
@@ -562,3 +670,52 @@ def piecewise_reductions(normaliser: str, batch, grad, eps_value: float) -> dict
             "g_sign": float(grad @ signs), "sign_mean": float(signs.mean()), "g_at_max": float(grad[top]),
             "sign_at_max": float(signs[top]), "yhat_sq": float(yhat @ yhat), "m": float(batch.shape[0]),
             "sigma": float(sigma_value[0]), "eps": float(eps_value)}
+
+
+# --- what a measured check of a statement evaluates (verify.measured_statements) ---------------------------
+
+
+def weight_layout(normaliser: str) -> str:
+    """"column" (a group is one unit over the batch), "row" (inside one sample) or "weights" (a weight vector):
+    where the normaliser's groups sit relative to y = X W (`weight_space.GroupLayout`), as a plain word."""
+    return {GroupLayout.COLUMN: "column", GroupLayout.ROW: "row",
+            GroupLayout.WEIGHTS: "weights"}[group_layout(_normaliser(normaliser))]
+
+
+def activation_statement(claim_id: str, normaliser: str):
+    """f(*reductions) = the right side of an activation-space statement of `normaliser`, evaluated on captured
+    per-group reductions named by f.reductions (keys of an `empirics.capture` row): `activation_bound` where the
+    statement has a closed form in (g_sq, g_sum, g_yhat), `piecewise_callable` for the l1 / l-inf analogues
+    ("thm4.1", "thm4.1-reduction"). KeyError where the normaliser has no such statement."""
+    target = _normaliser(normaliser)
+    if claim_id in _bounds(target) and not (claim_id == "thm4.1-batchnorm-rhs"):
+        function = _activation_bound(claim_id, target)
+        reductions = ("g_sq", "g_sum", "g_yhat", "m", "gamma", "sigma")
+    else:
+        try:
+            function = piecewise_callable(claim_id, normaliser)
+        except (KeyError, NoClosedForm, ValueError) as reason:
+            raise KeyError(f"no activation statement {claim_id!r} for {normaliser}: {reason}") from None
+        reductions = function.reductions
+
+    def bound(*values):
+        return function(*values)
+
+    bound.reductions = reductions
+    bound.__name__ = f"{target.name}_{claim_id}"
+    return bound
+
+
+def grad_sq_norm_statement(normaliser: str):
+    """f(g_sq, g_sum, g_yhat, m, gamma, sigma, eps) = ||J^T g||^2 in closed form (Fact C.1's norm), with
+    f.reductions; KeyError for a normaliser without one (l1, l-inf)."""
+    try:
+        function = grad_sq_norm(normaliser)
+    except NoClosedForm as reason:
+        raise KeyError(f"no closed-form gradient norm for {normaliser}: {reason}") from None
+
+    def closed(*values):
+        return function(*values)
+
+    closed.reductions = ("g_sq", "g_sum", "g_yhat", "m", "gamma", "sigma", "eps")
+    return closed

@@ -12,6 +12,11 @@ candidate and baseline alternating repetition by repetition (so a neighbour's lo
     hvp                   one Hessian-vector product of L w.r.t. the first BN layer's output / one gradient of it
     hvp_amortised         activation_curvature of the first BN layer per HVP it runs (4 C + 1) / forward+backward
     probed_step           k steps whose first carries the probes due every k (the preset's BN run) / k plain steps
+    sharpness_estimate    one sharpness probe (empirics.sharpness: the preset's Lanczos iterations on H and D H D,
+                          its Hutchinson probes) / forward+backward; its HVP count in the note
+    sharpness_per_hvp     the same per Hessian-vector product it ran / one gradient (forward+backward)
+    filter_landscape_point  filter_landscape (a 5-point line and a 5 x 5 grid, vmapped) per point / one training-mode
+                          forward
     pool_step, lp_step_*  one VGG-1d step against another (`verify.bench_steps`)
     run_overhead_*        a whole training run of the preset / its own plain steps, split by phase (`verify.run_profile`)
     theory_cold_s         derivation of every registered normaliser, fresh cache, in a subprocess (s)
@@ -55,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirics import curvature, ics, landscape
+from empirics import curvature, filter_landscape, ics, landscape, sharpness
 from empirics.capture import BoundCapture, batchnorm_layers
 from empirics.config import PRESETS, Norm, ProbeConfig
 from empirics.experiments import run_specs
@@ -74,7 +79,7 @@ LR = 0.1  # the presets' first learning rate; only the landscape's step sizes de
 # issues 7's and 15's targets: ratio figures are "at most"; probed_step's is 1.2 x (1 + probe passes / k); the
 # run_overhead and lp_step figures carry their own (verify.run_profile, verify.bench_steps)
 TARGETS = {"capture_overhead": 1.10, "capture_disabled": 1.02, "probe_point_unbatched": 1.2, "ics_layer": 2.5,
-           "hvp": 2.5, "theory_cold_s": 60.0, "theory_cached_s": 2.0, "verify_all_s": 300.0}
+           "hvp": 2.5, "sharpness_per_hvp": 2.5, "theory_cold_s": 60.0, "theory_cached_s": 2.0, "verify_all_s": 300.0}
 DEVICE_TARGETS = {"cuda": {"hvp": 3.0}}  # where a device's target differs from TARGETS (the CPU's)
 PROBED_STEP_SLACK = 1.2
 VGG1D_SIZES = ("smoke", "default")  # the sizes whose model is the presets' VGG-1d: step and run figures
@@ -267,6 +272,35 @@ def _hvp_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
     return figures
 
 
+def _sharpness_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
+    """A Lanczos estimate (beyond the paper, issue 16) priced in HVPs and in forward+backward units, and the
+    filter-normalised landscape per point, on the size's BN network (scale-invariant layers: H and D H D)."""
+    config = PRESETS[s.size].sharpness
+    options = dict(top_k=config.top_k, iterations=config.iterations, hutchinson_probes=config.hutchinson_probes)
+    estimate = lambda: sharpness.sharpness_probe(s.model, F.cross_entropy, s.x, s.y,  # noqa: E731
+                                                 generator=torch.Generator().manual_seed(0), **options)
+    hvps = estimate()["hvps"]
+    count = max(3, repeats // 5)  # an estimate is tens of gradients: fewer repetitions
+    figures = {
+        "sharpness_estimate": {**_paired(timed, estimate, lambda: _forward_backward(s), count, 1),
+                               "note": f"{hvps} HVPs: {config.iterations} Lanczos iterations on H and on D H D, "
+                                       f"{config.hutchinson_probes} Hutchinson probes, graph of grad L built once"},
+        "sharpness_per_hvp": {**_paired(timed, estimate, lambda: _forward_backward(s), count, 1, per_call=hvps),
+                              "note": f"the estimate's {hvps} HVPs, vmapped in lockstep; the graph build included"}}
+
+    def forward():
+        with landscape.training_function(s.model), torch.no_grad():
+            F.cross_entropy(s.model(s.x), s.y)
+
+    points, grid = 5, 5
+    draw = lambda: filter_landscape.filter_landscape(s.model, F.cross_entropy, s.x, s.y, points=points,  # noqa: E731
+                                                     grid=grid, generator=torch.Generator().manual_seed(0))
+    figures["filter_landscape_point"] = {**_paired(timed, draw, forward, count, 1, per_call=points + grid * grid + 1),
+                                         "note": f"{points} + {grid} x {grid} points and L(theta), "
+                                                 f"{filter_landscape.CHUNK_POINTS} a vmapped forward"}
+    return figures
+
+
 def probe_passes(s: _Setup, probes: ProbeConfig) -> dict[str, int]:
     """Forward+backward passes the probes due on one step fundamentally need (the floor's P)."""
     passes = {}
@@ -288,7 +322,9 @@ def _probed_step_figure(s: _Setup, timed, repeats: int, warmup: int) -> dict:
              for name in ("landscape", "ics", "curvature", "weight_bounds", "histogram")}
     # the probes due every k; sparser ones (curvature, every 5 k or more) are named in the note
     # the steady schedule: the early window's and the progress levels' extra probes are priced by run_overhead_*
+    # the sharpness probe (level-triggered, sparse) and the filter landscape are priced by their own figures
     window_probes = dataclasses.replace(s.probes, early_every=0, early_until=0, progress_levels=(),
+                                        sharpness_levels=(), sharpness_every=0, filter_landscape_steps=(),
                                         **{f"{name}_every": k if e == k else 0 for name, e in every.items()})
     skipped = [name for name, e in every.items() if e not in (0, k)]
     passes = probe_passes(s, window_probes)
@@ -423,6 +459,7 @@ def run_bench(size: str, device: torch.device, out_dir: Path | None, repeats: in
         for measure in (_capture_figures, _landscape_figures, _ics_figure, _hvp_figures):
             figures.update(measure(s, timed, repeats, warmup))
         figures["probed_step"] = _probed_step_figure(s, timed, max(3, repeats // 3), 1)
+        figures.update(_sharpness_figures(s, timed, repeats, warmup))
         if size in VGG1D_SIZES:
             paired = lambda candidate, baseline, n, w: _paired(timed, candidate, baseline, n, w)  # noqa: E731
             figures.update(step_figures(size, device, paired, repeats, warmup))

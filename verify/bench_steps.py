@@ -1,11 +1,24 @@
-"""Step-cost figures of `python -m verify bench`: one VGG-1d training step against another, alternating in one process.
+"""Step-cost figures of `python -m verify bench`: one training step against another, alternating in one process.
 
     pool_step        a BN step with the network's pool (pooling.PairMaxPool1d) / the same step with nn.MaxPool1d(2)
     lp_step_<norm>   a plain step of the l_p network / the BatchNorm network's (issue 15: at most 1.3 where the
-                     normaliser's backward is derived; l-inf keeps autograd, FormulaNorm.backward_route says why)
+                     normaliser's backward is derived -- l1's, and l-inf's batch maximum on its smooth piece;
+                     FormulaNorm.backward_route says which)
+    noisy_step       a noisy-BN step (Algorithm 1's draws, empirics.noisy) / the BN step
+    sgd_update       optimizer.step() of SGD(foreach=True), as empirics.train builds it / the per-tensor loop
+                     (foreach=False), on the BN network's gradients
+    dln_step_<norm>  a full-batch GD step of the size's deep linear network (empirics.dln: norms.ColumnMajorLinear
+                     layers, y = (W h^T)^T) / the same network with its layers back to nn.Linear (F.linear)
 
 The compared models share their initialisation and batch; the figure is the median of per-repetition
-ratios, as every ratio of the bench. Only the VGG-1d sizes (smoke, default) have these models.
+ratios, as every ratio of the bench. Only the VGG-1d sizes (smoke, default) have these models; the DLN is the
+size's preset's (default: depth 25, width 10, 1000 samples).
+
+Measured at the default size on the 2-core CPU, one torch thread, other processes' load on the machine (medians
+of 15 alternating repetitions): dln_step_none 0.69, dln_step_batchnorm 0.98, dln_step_lp1 0.85 (empirics.dln's
+docstring has the spread over several measurements), sgd_update 0.75 (0.72-0.78 elsewhere), noisy_step 1.37
+(1.37-1.49; the in-place draws and addcmul made the noisy step 0.89-0.97 of the former out-of-place draws',
+empirics.noisy).
 """
 
 from __future__ import annotations
@@ -17,28 +30,70 @@ import torch.nn.functional as F
 from torch import nn
 
 from empirics.config import PRESETS, Norm
+from empirics.dln import build_dln, dln_loss, synthetic_regression
 from empirics.models import build_model
 from empirics.norm_layers import FormulaNorm
+from empirics.norms import ColumnMajorLinear, ReparametrisedColumnMajorLinear, ReparametrisedLinear, norm_factory
 from empirics.pooling import PairMaxPool1d
 
 LP_STEP_TARGET = 1.3  # issue 15, for a normaliser whose backward is derived
 LP_NORMS = (Norm.LP1, Norm.LPINF)
+DLN_NORMS = (Norm.NONE, Norm.BATCHNORM, Norm.LP1)  # the DLN runs of the default preset: none and BN, l1 (l-inf alike)
 
 
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
-    optimizer.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
-    optimizer.step()
+def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy, lr: float = 0.1):
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, foreach=True)  # as empirics.train
 
-
-def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return lambda: _step(model, optimizer, x, y)
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+    return step
 
 
 def _model(size: str, norm: Norm, device: torch.device) -> nn.Module:
     config = PRESETS[size]
-    return build_model(config.model, norm, config.train.bn_eps, generator=torch.Generator().manual_seed(0)).to(device)
+    return build_model(config.model, norm, config.train.bn_eps, generator=torch.Generator().manual_seed(0),
+                       noise_generator=torch.Generator().manual_seed(1)).to(device)
+
+
+def _f_linear_twin(model: nn.Module) -> nn.Module:
+    """A deep copy whose column-major layers are nn.Linear / ReparametrisedLinear again (only forward differs)."""
+    twin = copy.deepcopy(model)
+    for module in twin.modules():
+        if isinstance(module, ReparametrisedColumnMajorLinear):
+            module.__class__ = ReparametrisedLinear
+        elif isinstance(module, ColumnMajorLinear):
+            module.__class__ = nn.Linear
+    return twin
+
+
+def _dln_figures(size: str, device: torch.device, paired, repeats: int, warmup: int) -> dict:
+    d, eps = PRESETS[size].dln, PRESETS[size].train.bn_eps
+    x, target, _ = synthetic_regression(d.samples, d.width, seed=0)
+    x, target = x.to(device), target.to(device)
+    figures = {}
+    for norm in DLN_NORMS:
+        model = build_dln(d.depth, d.width, norm_factory(norm, eps) or "none",
+                          generator=torch.Generator().manual_seed(0)).to(device)
+        step = _stepper(model, x, target, dln_loss, d.lrs[0])
+        baseline = _stepper(_f_linear_twin(model), x, target, dln_loss, d.lrs[0])
+        figures[f"dln_step_{norm.value}"] = {
+            **paired(step, baseline, repeats, warmup),
+            "note": f"DLN {norm.value} (depth {d.depth}, width {d.width}, {d.samples} samples): (W h^T)^T layers / "
+                    "F.linear layers, full-batch GD step"}
+    return figures
+
+
+def _sgd_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, paired, repeats: int, warmup: int) -> dict:
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()  # one step's gradients, kept: only the updates are timed
+    fused, looped = (torch.optim.SGD(model.parameters(), lr=1e-9, foreach=foreach) for foreach in (True, False))
+    steps = 20  # an update is ~0.2 ms: time 20 of them per repetition
+    return {**paired(lambda: [fused.step() for _ in range(steps)], lambda: [looped.step() for _ in range(steps)],
+                     repeats, warmup),
+            "note": f"SGD(foreach=True).step() / SGD(foreach=False).step(), {len(list(model.parameters()))} "
+                    "parameters of the BN network (the same update bit for bit)"}
 
 
 def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,8 +104,8 @@ def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def step_figures(size: str, device: torch.device, paired, repeats: int, warmup: int) -> dict:
-    """pool_step and lp_step_<norm> (module doc); `paired(candidate, baseline, repeats, warmup)` is the bench's
-    alternating ratio measurement."""
+    """pool_step, lp_step_<norm>, noisy_step, sgd_update and dln_step_<norm> (module doc); `paired(candidate,
+    baseline, repeats, warmup)` is the bench's alternating ratio measurement."""
     x, y = _batch(size, device)
     batchnorm = _model(size, Norm.BATCHNORM, device)
     native_pool = copy.deepcopy(batchnorm)
@@ -76,4 +131,9 @@ def step_figures(size: str, device: torch.device, paired, repeats: int, warmup: 
             figure["target"] = LP_STEP_TARGET
             figure["passed"] = figure["value"] <= LP_STEP_TARGET
         figures[f"lp_step_{norm.value}"] = figure
+    noisy = _model(size, Norm.NOISY_BATCHNORM, device)
+    figures["noisy_step"] = {**paired(_stepper(noisy, x, y), bn_step, repeats, warmup),
+                             "note": "noisy-BN step (Algorithm 1's draws in place, from the run's generator) / BN step"}
+    figures["sgd_update"] = _sgd_figure(copy.deepcopy(batchnorm), x, y, paired, repeats, warmup)
+    figures.update(_dln_figures(size, device, paired, repeats, warmup))
     return figures

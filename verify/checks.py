@@ -118,12 +118,67 @@ def float32_normal_range(rows: dict) -> np.ndarray:
     return ok
 
 
+def measured_rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
+    """Absolute tolerance on ||dL/dy||^2 from the measured distance e = identity_err = ||dy_measured - J^T g|| of the
+    float32 gradient from the formula's own, recomputed in float64 from the same y and g (`empirics.group_reductions`):
+    ||dy_measured|| <= ||J^T g|| + e <= sqrt(RHS) + e wherever the bound holds exactly, so tol = 2 sqrt(RHS) e + e^2,
+    plus the float64 rounding of the reductions and of the right side (gamma_m in float64 times the bound's scale).
+    For normalisers without an a-priori rounding bound of their backward (every formula but BatchNorm's); the
+    assumption `GRADIENT_IDENTITY` keeps e itself within float32 rounding, so an implementation error cannot widen it."""
+    error = rows["identity_err"]
+    m = rows["m"].astype(np.float64)
+    gamma_64 = m * UNIT_ROUNDOFF["float64"] / (1.0 - m * UNIT_ROUNDOFF["float64"])
+    scale = rows["gamma"] ** 2 / rows["sigma"] ** 2 * rows["g_sq"]
+    return 2.0 * np.sqrt(np.maximum(rhs, 0.0)) * error + error**2 + ROUNDING_TERMS * gamma_64 * (np.abs(rhs) + scale)
+
+
+def rounding_tolerance(rows: dict[str, np.ndarray], rhs: np.ndarray, dtype: str) -> np.ndarray:
+    """The a-priori bound `float_rounding_tolerance` on rows of BatchNorm's formula (identity_err not measured: NaN),
+    the measured `measured_rounding_tolerance` on the rows of every other normaliser."""
+    error = rows.get("identity_err")
+    if error is None:
+        return float_rounding_tolerance(rows, rhs, dtype)
+    measured = np.isfinite(error)
+    with np.errstate(invalid="ignore"):
+        return np.where(measured, measured_rounding_tolerance(rows, rhs, dtype),
+                        float_rounding_tolerance(rows, rhs, dtype))
+
+
+ROUNDING_REASON = (
+    TOLERANCE_REASON + "; for a normaliser whose formula is not BatchNorm's (no a-priori bound of its backward's "
+    "rounding): tol = 2 sqrt(RHS) e + e^2 with e = ||dL/dy - J^T g|| the measured float32 gradient's distance from "
+    "the formula's own recomputed in float64 (checked to be within the rounding bound above: assumption 'gradient "
+    "identity'), plus the float64 rounding of the reductions"
+)
+
+
+def _identity_within_rounding(rows: dict) -> np.ndarray:
+    error = rows.get("identity_err")
+    if error is None:
+        return np.ones(len(rows["m"]), dtype=bool)
+    return ~np.isfinite(error) | (error <= gradient_rounding_error(rows, "float32"))
+
+
+GRADIENT_IDENTITY = Assumption("gradient identity: the measured dL/dy is the formula's J^T g within float32 rounding",
+                               _identity_within_rounding)
+
+
+def _smooth_piece(rows: dict) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        return (rows["ties_at_max"] <= 1) & (rows["zero_signs"] == 0)
+
+
+SMOOTH_PIECE = Assumption("smooth piece: one sample attains max |y - c| and none sits at the centre", _smooth_piece)
+
+
+FLOAT32_NORMAL_RANGE = Assumption("float32 normal range (no intermediate underflows or overflows)", float32_normal_range)
 ACTIVATION_ASSUMPTIONS = (
     Assumption("m >= 2", lambda rows: rows["m"] >= 2),
     Assumption("eps >= 0", lambda rows: rows["eps"] >= 0),
     Assumption("sigma > 0", lambda rows: rows["sigma"] > 0),
     Assumption("finite captures", lambda rows: np.isfinite(rows["lhs"]) & np.isfinite(rows["g_sq"])),
-    Assumption("float32 normal range (no intermediate underflows or overflows)", float32_normal_range),
+    FLOAT32_NORMAL_RANGE,
+    GRADIENT_IDENTITY,
 )
 
 
@@ -140,23 +195,40 @@ class BoundCheck:
     assumptions: tuple[Assumption, ...]
     table: str = "captures"  # which measurement table of a run it reads (`measurement_tables`)
     conditions: tuple[Assumption, ...] = ()  # measured, not required: frequency and violations under them
+    relation: str = "<="  # "<=": a bound; "==": an identity, violated when |measured - bound| exceeds the tolerance
 
 
 def activation_bound_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
-    """thm4.1 and its variants: ||dL/dy||^2 <= (gamma^2/sigma^2)(||g||^2 - <1,g>^2/m - c <g,yhat>^2)."""
-    rhs = numeric.activation_bound(claim_id, normaliser)
+    """thm4.1, its printed form and the l_p analogues: ||dL/dy||^2 <= RHS(captured reductions) per group, with the
+    right side `numeric.activation_statement` derives for this normaliser (a closed form in g_sq, g_sum, g_yhat, or
+    the l1 / l-inf smooth-piece form in its named reductions)."""
+    rhs = numeric.activation_statement(claim_id, normaliser)
+    piecewise = any(name not in ("g_sq", "g_sum", "g_yhat", "m", "gamma", "sigma") for name in rhs.reductions)
     return BoundCheck(
         id=claim_id,
         normaliser=normaliser,
         measured="lhs",
-        bound=lambda rows: rhs(rows["g_sq"], rows["g_sum"], rows["g_yhat"], rows["m"].astype(np.float64),
-                               rows["gamma"], rows["sigma"]),
-        tolerance=float_rounding_tolerance,
-        tolerance_reason=TOLERANCE_REASON,
-        assumptions=ACTIVATION_ASSUMPTIONS,
+        bound=lambda rows: rhs(*(_column(rows, name) for name in rhs.reductions)),
+        tolerance=rounding_tolerance,
+        tolerance_reason=ROUNDING_REASON,
+        assumptions=ACTIVATION_ASSUMPTIONS + ((SMOOTH_PIECE,) if piecewise else ()),
     )
 
 
+def gradient_identity_check(normaliser: str = "batchnorm") -> BoundCheck:
+    """factC.1 measured: ||dL/dy||^2 = ||J^T g||^2, the derived closed form of the gradient's norm (an identity:
+    violated when the two differ by more than the rounding of the measured gradient)."""
+    closed = numeric.grad_sq_norm_statement(normaliser)
+    return BoundCheck(
+        id="factC.1", normaliser=normaliser, measured="lhs",
+        bound=lambda rows: closed(*(_column(rows, name) for name in closed.reductions)),
+        tolerance=rounding_tolerance, tolerance_reason=ROUNDING_REASON, assumptions=ACTIVATION_ASSUMPTIONS,
+        relation="==",
+    )
+
+
+def _column(rows: dict, name: str) -> np.ndarray:
+    return rows[name].astype(np.float64) if name == "m" else rows[name]
 
 
 def _invariants(rows: dict) -> tuple:
@@ -172,119 +244,16 @@ def matched_scale_check(normaliser: str = "batchnorm") -> BoundCheck:
     return BoundCheck(
         id="obs4.3", normaliser=normaliser, measured="lhs",
         bound=lambda rows: rows["gamma"] ** 2 / rows["sigma"] ** 2 * rows["g_sq"],
-        tolerance=float_rounding_tolerance, tolerance_reason=TOLERANCE_REASON, assumptions=ACTIVATION_ASSUMPTIONS,
+        tolerance=rounding_tolerance, tolerance_reason=ROUNDING_REASON, assumptions=ACTIVATION_ASSUMPTIONS,
     )
-
-
-# --- thm4.2: Hessian quadratic forms (curvature table) ------------------------------------------------
-
-HESSIAN_TOLERANCE_REASON = (
-    "rounding of float32 Hessian-vector products: tol = 4 r + gamma_m (|LHS| + |term 1| + |term 2|), where r is "
-    "the row's measured residual of the exact chain-rule identity v^T (d^2 L-hat/dy^2) v = (Jv)^T H (Jv) + "
-    "sum_b g_b v^T (d^2 z_b/dy^2) v (zero in exact arithmetic, so r is the size of the HVPs' rounding on that "
-    "row; 4 = two HVP sides, each a product of rounded factors) and gamma_m (|...|) is Higham's bound for the "
-    "length-m inner products that form each quadratic form (u = 2^-24). No a-priori bound exists for the rounding "
-    "inside an HVP through the downstream network, hence the measured r"
-)
-
-
-def hessian_form_tolerance(terms: Callable[[dict], tuple]) -> Callable[[dict, np.ndarray, str], np.ndarray]:
-    def tolerance(rows: dict, rhs: np.ndarray, dtype: str) -> np.ndarray:
-        u = UNIT_ROUNDOFF[dtype]
-        m = rows["m"].astype(np.float64)
-        gamma_m = m * u / (1.0 - m * u)
-        residual = np.abs(rows["hess_in_v"] - rows["hess_out_Jv"] - rows["bn_second_order"])
-        magnitude = np.abs(rows["hess_in_v"]) + sum(np.abs(term) for term in terms(rows))
-        return 4.0 * residual + gamma_m * magnitude
-    return tolerance
-
-
-CURVATURE_ASSUMPTIONS = ACTIVATION_ASSUMPTIONS[:3] + (
-    Assumption("finite Hessian forms", lambda rows: np.isfinite(rows["hess_in_v"]) & np.isfinite(rows["hess_out_v"])
-               & np.isfinite(rows["hess_out_g"]) & np.isfinite(rows["lhs"])),
-)
-SMOOTHER_CONDITIONS = (
-    Assumption("v^T H v >= 0 (H PSD in the gradient direction)", lambda rows: rows["hess_out_v"] >= 0),
-    Assumption("<g, yhat> > 0", lambda rows: rows["g_yhat"] > 0),
-)
-READING_R1 = Assumption("reading R1: v^T H v <= g^T H g", lambda rows: rows["hess_out_v"] <= rows["hess_out_g"])
-
-
-def smoothness_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
-    """thm4.2 (first form) and thm4.2b (second form) on one BN channel, as typed in `theory.smoothness`."""
-    rhs = numeric.smoothness_bound(claim_id)
-
-    def bound(rows):
-        return rhs(rows["hess_out_v"], rows["hess_out_g"], rows["lhs"], rows["g_yhat"], rows["m"].astype(np.float64),
-                   rows["gamma"], rows["sigma"])
-
-    g2s2 = lambda rows: rows["gamma"] ** 2 / rows["sigma"] ** 2
-    second = lambda rows: np.abs(rows["gamma"]) / (rows["m"] * rows["sigma"] ** 2) * np.abs(rows["g_yhat"]) * rows["lhs"]
-    first_term = {"thm4.2": lambda rows: g2s2(rows) * rows["hess_out_v"],
-                  "thm4.2b": lambda rows: g2s2(rows) * rows["hess_out_g"]}[claim_id]
-    conditions = SMOOTHER_CONDITIONS if claim_id == "thm4.2" else (READING_R1, *SMOOTHER_CONDITIONS)
-    return BoundCheck(id=claim_id, normaliser=normaliser, measured="hess_in_v", bound=bound,
-                 tolerance=hessian_form_tolerance(lambda rows: (first_term(rows), second(rows))),
-                 tolerance_reason=HESSIAN_TOLERANCE_REASON, assumptions=CURVATURE_ASSUMPTIONS, table="curvature",
-                 conditions=conditions)
-
-
-# --- thm4.4: weight space (weights table joined to the captures) ---------------------------------------
-
-WEIGHT_TOLERANCE_REASON = (
-    "tol = (||X||_2 (sqrt(RHS_4.1) + E) + e)^2 - ||X||_2^2 RHS_4.1: E bounds the float32 rounding of dL-hat/dy as "
-    "for thm4.1, and e = ||dL/dW_j - X^T dL/dy_j|| is the measured distance of the float32 weight gradient from the "
-    "float64 product X^T dy (the identity is exact, so e is its rounding); ||X||_2 from a float64 eigvalsh"
-)
-MINIMAX_TOLERANCE_REASON = (
-    "the thm4.1 rounding tolerance scaled by lambda^2 = ||X||_2^2: the measured side is lambda^2 ||dL-hat/dy_j||^2, "
-    "the maximum over the spectral ball with the derivatives held fixed (the reading of theory.weight_space)"
-)
-WEIGHT_ASSUMPTIONS = ACTIVATION_ASSUMPTIONS[:3] + (
-    Assumption("capture of the same (step, layer, channel) found", lambda rows: np.isfinite(rows["g_sq"])),
-    ACTIVATION_ASSUMPTIONS[-1],  # the float32 normal range of the capture's backward
-    Assumption("finite weight terms", lambda rows: np.isfinite(rows["grad_w_sq"]) & np.isfinite(rows["x_spec_sq"])
-               & np.isfinite(rows["identity_err"])),
-)
-
-
-def weight_per_unit_check(normaliser: str = "batchnorm") -> BoundCheck:
-    """thm4.4-per-unit: ||dL-hat/dW_{.j}||^2 <= ||X||_2^2 RHS_thm4.1, per unit of a layer feeding a BN."""
-    rhs = numeric.weight_grad_bound(normaliser)
-
-    def tolerance(rows, bound, dtype):
-        x = rows["x_spec_sq"]
-        rhs41 = np.maximum(bound, 0.0) / np.where(x > 0, x, 1.0)
-        reach = np.sqrt(x) * (np.sqrt(rhs41) + gradient_rounding_error(rows, dtype)) + rows["identity_err"]
-        return reach**2 - x * rhs41
-
-    return BoundCheck(id="thm4.4-per-unit", normaliser=normaliser, measured="grad_w_sq",
-                 bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
-                 tolerance_reason=WEIGHT_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
-
-
-def minimax_weight_check(claim_id: str, normaliser: str = "batchnorm") -> BoundCheck:
-    """thm4.4 (consistent form) and thm4.4-printed at the measured lambda = ||X||_2, g_j = lambda^2 ||g||^2."""
-    rhs = numeric.minimax_weight_bound(claim_id)
-
-    def tolerance(rows, bound, dtype):
-        x = rows["x_spec_sq"]
-        return x * float_rounding_tolerance(rows, np.maximum(bound, 0.0) / np.where(x > 0, x, 1.0), dtype)
-
-    return BoundCheck(id=claim_id, normaliser=normaliser, measured="minimax_lhs",
-                 bound=lambda rows: rhs(rows["x_spec_sq"], *_invariants(rows)), tolerance=tolerance,
-                 tolerance_reason=MINIMAX_TOLERANCE_REASON, assumptions=WEIGHT_ASSUMPTIONS, table="weights")
-
-
-def default_bound_checks() -> tuple[BoundCheck, ...]:
-    return (activation_bound_check("thm4.1"), activation_bound_check("thm4.1-printed"), matched_scale_check(),
-            smoothness_check("thm4.2"), smoothness_check("thm4.2b"), weight_per_unit_check(),
-            minimax_weight_check("thm4.4"), minimax_weight_check("thm4.4-printed"))
 
 
 # --- measurement tables of one run -----------------------------------------------------------------------
 
-_JOINED = ("m", "eps", "gamma", "mean", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")
+# capture columns a weight row takes from the capture of its (step, layer, channel); the capture's gradient identity
+# error is renamed (the weight row has its own, ||dL/dW_j - X^T dy_j||)
+_JOINED = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs", "yhat_sq", "g_sign",
+           "sign_mean", "g_at_max", "sign_at_max", "ties_at_max", "zero_signs")
 
 
 def _probe_table(probes: dict, name: str) -> dict[str, np.ndarray]:
@@ -292,32 +261,77 @@ def _probe_table(probes: dict, name: str) -> dict[str, np.ndarray]:
     return {key[len(prefix):]: value for key, value in probes.items() if key.startswith(prefix)}
 
 
+def dy_error(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """A bound on ||dL/dy_measured - J^T g|| per group: the measured identity_err where the capture has it (a
+    formula normaliser), else the a-priori float32 rounding bound of BatchNorm's backward (`gradient_rounding_error`)."""
+    error = rows.get("identity_err")
+    a_priori = gradient_rounding_error(rows, "float32")
+    return a_priori if error is None else np.where(np.isfinite(error), error, a_priori)
+
+
 def join_weights(weights: dict[str, np.ndarray], captures: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Weight rows with the capture columns of the same (step, layer, channel): the i-th layer feeding a BN
-    feeds the i-th BN, and probe and capture see the same batch and parameters at a step. Rows without a
-    capture get NaN (the assumption `capture ... found` then fails on them)."""
+    """Weight rows with the capture columns of the same (step, layer, channel): the i-th layer feeding a normaliser
+    feeds the i-th capture point (its groups: the layer's units on the batch axis and in weight space), and probe
+    and capture see the same batch and parameters at a step. Rows without a capture get NaN (the assumption
+    `capture ... found` then fails on them)."""
     n = len(weights["step"])
     index = {key: i for i, key in enumerate(zip(captures.get("step", ()), captures.get("layer", ()),
                                                   captures.get("channel", ())))}
     found = np.array([index.get(key, -1) for key in zip(weights["step"], weights["layer"], weights["channel"])],
                      dtype=np.int64)
     joined = dict(weights)
-    for key in _JOINED:
+    for key in (*_JOINED, "identity_err"):
         column = np.full(n, np.nan)
         if key in captures:
             column[found >= 0] = np.asarray(captures[key], dtype=np.float64)[found[found >= 0]]
-        joined[key] = column
+        joined["dy_identity_err" if key == "identity_err" else key] = column
     joined["m"] = np.where(np.isfinite(joined["m"]), joined["m"], 0).astype(np.int64)
+    joined["dy_error"] = dy_error({**joined, "identity_err": joined["dy_identity_err"]})
     joined["minimax_lhs"] = joined["x_spec_sq"] * joined["lhs"]
     return joined
 
 
-def measurement_tables(run: dict) -> dict[str, dict[str, np.ndarray]]:
-    """The non-empty measurement tables of a loaded run (`empirics.runner.load_run`)."""
+def layer_table(weights: dict[str, np.ndarray], captures: dict[str, np.ndarray],
+                rhs41: Callable[[dict], np.ndarray]) -> dict[str, np.ndarray]:
+    """One row per (step, layer) of the weight probe, for per-sample groups (thm4.4-per-layer): grad_w_total =
+    ||dL/dW||_F^2 (the units' sum), weight_error = ||dL/dW - X^T V||_F, x_spec_sq, and over the layer's captured
+    groups k: rhs41_sum = sum_k RHS_4.1(g_k) (`rhs41` of the normaliser), lhs_sum = ||V||_F^2 = sum_k ||dL/dy_k||^2,
+    dy_error_sq_sum = sum_k E_k^2 (`dy_error`), groups (the layer's group count) and groups_found."""
+    keys = sorted(set(zip(weights["step"].tolist(), weights["layer"].tolist())))
+    position = {key: i for i, key in enumerate(keys)}
+    n = len(keys)
+    w_index = np.array([position[key] for key in zip(weights["step"].tolist(), weights["layer"].tolist())])
+    table = {"step": np.array([k[0] for k in keys], dtype=np.int64), "layer": np.array([k[1] for k in keys],
+                                                                                        dtype=np.int64),
+             "channel": np.zeros(n, dtype=np.int64), "grad_w_total": np.bincount(w_index, weights["grad_w_sq"], n),
+             "weight_error": np.sqrt(np.bincount(w_index, weights["identity_err"] ** 2, n)),
+             "x_spec_sq": np.full(n, np.nan)}
+    table["x_spec_sq"][w_index] = weights["x_spec_sq"]
+    c_keys = list(zip(captures["step"].tolist(), captures["layer"].tolist())) if len(captures.get("step", ())) else []
+    inside = np.array([key in position for key in c_keys], dtype=bool)
+    c_index = np.array([position.get(key, 0) for key in c_keys], dtype=np.int64)
+    groups = {layer: int(np.sum((captures["layer"] == layer) & (captures["step"] == captures["step"][0])))
+              for layer in set(table["layer"].tolist())} if c_keys else {}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_group = {"rhs41_sum": rhs41(captures) if c_keys else np.zeros(0), "lhs_sum": captures.get("lhs", np.zeros(0)),
+                     "dy_error_sq_sum": dy_error(captures) ** 2 if c_keys else np.zeros(0)}
+    for name, values in per_group.items():
+        table[name] = np.bincount(c_index[inside], np.asarray(values, dtype=np.float64)[inside], n)
+    table["groups_found"] = np.bincount(c_index[inside], minlength=n).astype(np.int64)
+    table["groups"] = np.array([groups.get(layer, -1) for layer in table["layer"].tolist()], dtype=np.int64)
+    table["minimax_lhs"] = table["x_spec_sq"] * table["lhs_sum"]
+    return table
+
+
+def measurement_tables(run: dict, rhs41: Callable[[dict], np.ndarray] | None = None) -> dict[str, dict[str, np.ndarray]]:
+    """The non-empty measurement tables of a loaded run (`empirics.runner.load_run`): captures, curvature, weights
+    (joined to the captures) and, given the run's normaliser's thm4.1 right side `rhs41` (rows -> array), layers."""
     tables = {"captures": run.get("captures") or {}, "curvature": _probe_table(run.get("probes") or {}, "curvature")}
     weights = _probe_table(run.get("probes") or {}, "weights")
     if weights:
         tables["weights"] = join_weights(weights, tables["captures"])
+        if rhs41 is not None and len(tables["captures"].get("step", ())):
+            tables["layers"] = layer_table(weights, tables["captures"], rhs41)
     return {name: rows for name, rows in tables.items() if len(rows.get("step", ())) > 0}
 
 
@@ -339,7 +353,8 @@ def check_rows(check: BoundCheck, rows: dict[str, np.ndarray], dtype: str) -> di
     with np.errstate(invalid="ignore", divide="ignore"):
         rhs = check.bound(rows)
         tol = check.tolerance(rows, rhs, dtype)
-        violated = held & (lhs > rhs + tol)
+        excess = np.abs(lhs - rhs) if check.relation == "==" else lhs - rhs
+        violated = held & (excess > tol)
     return {"lhs": lhs, "rhs": rhs, "tol": tol, "held": held, "violated": violated, "condition": condition,
             **{f"condition:{name}": holds for name, holds in condition_counts.items()}}
 

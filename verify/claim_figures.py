@@ -1,5 +1,7 @@
-"""One figure per compared empirical claim: the deciding metric of each run against training step and against
-training loss, so a reader sees the convergence confound the matched-progress axis removes (reads only).
+"""One figure per empirical claim. A compared probe metric: the deciding metric of each run against training step and
+against training loss, so a reader sees the convergence confound the matched-progress axis removes; a claim decided
+by one number per run (steps to threshold, final loss, drift): its seed pairs' ratios with the interval and the
+threshold (`ratio_figure`). Reads only.
 
 Inputs: `DIR/results.json` (the claims and the runs that belong to the report) and the runs' probes.
 Outputs: `DIR/figures/claim__<claim id>.png`, one row per compared learning rate (or normaliser):
@@ -19,13 +21,14 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from verify import progress
 from verify.effects import metric_named, pairs
 from verify.figures import DPI, figures_dir, norm_colour, save_png, suptitle
 from verify.paper_figures import load_report_runs
 from verify.statistics import interval_text
-from verify.summary import comparisons_of
+from verify.summary import ratio_records, comparisons_of
 
 NAMES = {"none": "standard", "batchnorm": "BN"}
 
@@ -89,11 +92,73 @@ def claim_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
     return [path]
 
 
+def _threshold(text: str) -> tuple[str, float] | None:
+    """("above" | "below", value) from a threshold text such as "> 1" or "< 2"."""
+    parts = str(text).split()
+    if len(parts) != 2 or parts[0] not in (">", "<"):
+        return None
+    return ("above" if parts[0] == ">" else "below"), float(parts[1])
+
+
+def ratio_figure(out_dir: Path, record: dict) -> list[Path]:
+    """The figure of a claim decided by one number per run (steps to threshold, final loss, drift): per row, every
+    seed pair's ratio (dots), their geometric mean and 95% bootstrap interval (bar), and the threshold with the
+    paper's side shaded -- the claims table's line, seed by seed."""
+    rows = [(label, ratio) for label, ratio in ratio_records(record.get("measured") or {})
+            if (ratio.get("interval") or {}).get("per_seed")]
+    if not rows:
+        return []
+    fig = Figure(figsize=(9.0, 0.75 * len(rows) + 1.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    values = []
+    for position, (label, ratio) in enumerate(rows):
+        interval = ratio["interval"]
+        seeds = np.asarray(interval["per_seed"], dtype=np.float64)
+        ax.scatter(seeds, np.full(seeds.shape, position), color="#1f77b4", s=18, alpha=0.7, zorder=3)
+        if interval.get("ci"):
+            ax.plot(interval["ci"], [position, position], color="black", linewidth=2.5, zorder=2)
+        if interval.get("ratio"):
+            ax.scatter([interval["ratio"]], [position], marker="D", color="black", s=36, zorder=4)
+        side = _threshold(ratio.get("threshold", ""))
+        if side is not None:
+            ax.plot([side[1]] * 2, [position - 0.4, position + 0.4], color="#d62728", linestyle="--", linewidth=1.2)
+        values += [*seeds, *(interval.get("ci") or [])]
+    values = np.asarray([v for v in values if v and np.isfinite(v) and v > 0])
+    if values.size:
+        low, high = values.min() / 1.5, values.max() * 1.5
+        for position, (_, ratio) in enumerate(rows):
+            side = _threshold(ratio.get("threshold", ""))
+            if side is not None:
+                start, end = (side[1], high) if side[0] == "above" else (low, side[1])
+                ax.fill_betweenx([position - 0.4, position + 0.4], start, end, color="#2ca02c", alpha=0.08, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xlim(low, high)
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain if high / low < 20 else NullFormatter())
+    ax.set_yticks(range(len(rows)), ["\n".join(textwrap.wrap(f"{label}: {r.get('metric', '')} "
+                                                            f"({r.get('verdict', '')})", 42)) for label, r in rows],
+                  fontsize=7.5)
+    ax.invert_yaxis()
+    ax.set_xlabel("ratio (log scale): dots = seed pairs, diamond and bar = geometric mean and 95% interval")
+    ax.grid(alpha=0.3, axis="x")
+    fig.legend(handles=[Line2D([], [], color="#d62728", linestyle="--", label="threshold"),
+                        Line2D([], [], color="#2ca02c", alpha=0.3, linewidth=6, label="the paper's side")],
+               loc="outside lower center", ncols=2, fontsize=8)
+    suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']}", fontsize=10)
+    path = figures_dir(out_dir) / f"claim__{record['id']}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(fig, path)
+    return [path]
+
+
 def claim_figures(out_dir: Path) -> list[Path]:
-    """The figure of every compared claim in DIR/results.json, in claim order."""
+    """The figure of every claim in DIR/results.json, in claim order: the deciding metric against step and training
+    loss for a compared probe metric (`claim_figure`), else the seed-by-seed ratios (`ratio_figure`)."""
     results = json.loads((Path(out_dir) / "results.json").read_text())
     runs = load_report_runs(out_dir)
-    return [path for record in results.get("claims") or [] for path in claim_figure(out_dir, runs, record)]
+    return [path for record in results.get("claims") or []
+            for path in (claim_figure(out_dir, runs, record) or ratio_figure(out_dir, record))]
 
 
 def drawing_jobs(out_dir: Path) -> list[tuple]:

@@ -71,6 +71,7 @@ class EmpiricalClaim:
     criterion: str  # how the verdict is decided, in words
     evaluate: Callable[[Runs], tuple[str, dict]]
     threshold: Threshold | None = None  # the deciding ratio's threshold (None: a count-based claim)
+    extension: bool = False  # a claim beyond the paper (verify.sharpness_claims), not one the paper makes
 
 
 # ---------------------------------------------------------------- selecting runs
@@ -379,6 +380,9 @@ BETA_MEDIAN = landscape_metric("beta_median", "median effective beta (Fig. 4c's 
 def metric_named(name: str, run: dict) -> Metric:
     """The comparison metric a claim record names (figures redraw it from the runs); ICS ones at `run`'s layers."""
     static = {m.name: m for m in (LOSS_RANGE, LOSS_RANGE_RAW, GRAD_CHANGE, GRAD_CHANGE_RAW, BETA_SPIKES, BETA_MEDIAN)}
+    from verify.sharpness_claims import METRICS as SHARPNESS_METRICS  # the extension's (it imports this module)
+
+    static.update(SHARPNESS_METRICS)
     return static[name] if name in static else _ics_metric(name, paper_ics_layers(run))
 
 
@@ -523,7 +527,14 @@ def default_claims() -> tuple[EmpiricalClaim, ...]:
             "dln-lower-beta", "Fig. 9c", "The DLN with BN has a smaller effective beta-smoothness.",
             PaperMagnitude("gaps of many orders of magnitude", "Fig. 9 (c)"), "as lower-beta, on the DLN",
             _landscape("dln", BETA_SPIKES, (BETA_MEDIAN,)), above1),
-    )
+    ) + _extension_claims()
+
+
+def _extension_claims() -> tuple[EmpiricalClaim, ...]:
+    """Claims beyond the paper (issue 16), marked `extension` and named so in their figure field."""
+    from verify.sharpness_claims import extension_claims  # it imports this module's helpers
+
+    return extension_claims()
 
 
 def evaluate_claims(runs: Runs, claims: tuple[EmpiricalClaim, ...] | None = None) -> list[dict]:
@@ -534,5 +545,5 @@ def evaluate_claims(runs: Runs, claims: tuple[EmpiricalClaim, ...] | None = None
         records.append({"id": claim.id, "figure": claim.figure, "statement": claim.statement,
                         "paper": claim.paper.text, "paper_source": claim.paper.source, "criterion": claim.criterion,
                         "threshold": claim.threshold.text() if claim.threshold else None,
-                        "verdict": verdict, "measured": measured})
+                        "verdict": verdict, "measured": measured, "extension": claim.extension})
     return records

@@ -50,7 +50,7 @@ def checks_files(out_dir: Path) -> list[tuple[str, str, Path]]:
 
 
 def check_figure_path(out_dir: Path, kind: str, normaliser: str, claim: str) -> Path:
-    """Where the `kind` figure ('bound_scatter' or 'ratio_histogram') of one checks file goes."""
+    """Where the `kind` figure ('bound_check') of one checks file goes."""
     return figures_dir(out_dir) / f"{kind}__{normaliser}__{claim}.png"
 
 
@@ -337,38 +337,9 @@ def _draw_scatter_panel(ax, rows: dict[str, np.ndarray], colour_norm: Normalize)
     return points
 
 
-def bound_scatter_file(out_dir: Path, normaliser: str, claim: str, checks_file: Path) -> Path:
-    """Measured LHS vs bound RHS on log-log axes, one panel per layer, colour = training step."""
-    data = _load_checks(checks_file)
-    layers = np.unique(data["layer"])
-    fig, axes = _panel_grid(max(len(layers), 1), 4.0, 3.7, extra_width=0.8)
-    colour_norm = Normalize(vmin=float(data["step"].min()) if len(data["step"]) else 0.0,
-                            vmax=float(data["step"].max()) if len(data["step"]) else 1.0)
-    mappable = None
-    for ax, layer in zip(axes, layers):
-        rows = {key: values[data["layer"] == layer] for key, values in data.items()}
-        mappable = _draw_scatter_panel(ax, rows, colour_norm) or mappable
-        ax.set_title(f"layer {layer}")
-        ax.set_xlabel("bound RHS")
-        ax.set_ylabel("measured LHS")
-        ax.grid(alpha=0.3, which="major")
-    if mappable is not None:
-        fig.colorbar(mappable, ax=list(axes), label="training step", shrink=0.9)
-    handles = [Line2D([], [], color="black", linestyle="--", label="LHS = RHS (bound met with equality)"),
-               Line2D([], [], color="#d62728", marker="x", linestyle="none", label="violation: LHS > RHS + tol")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8)
-    suptitle(fig, f"{claim} ({normaliser}): measured LHS vs bound RHS; points below the dashed line satisfy it\n"
-                 f"at most {MAX_POINTS_PER_PANEL:,} points per panel, chosen at random with seed "
-                 f"{SUBSAMPLE_SEED}", fontsize=10)
-    path = check_figure_path(out_dir, "bound_scatter", normaliser, claim)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path)
-    return path
-
-
-def bound_scatter(out_dir: Path) -> list[Path]:
-    """One LHS-vs-RHS scatter per checks file."""
-    return [bound_scatter_file(out_dir, n, c, p) for n, c, p in checks_files(out_dir)]
+def _legend_handles() -> list[Line2D]:
+    return [Line2D([], [], color="black", linestyle="--", label="LHS = RHS (bound met with equality)"),
+            Line2D([], [], color="#d62728", marker="x", linestyle="none", label="violation: LHS > RHS + tol")]
 
 
 # ---------------------------------------------------------------- bound checks: ratio histogram
@@ -401,34 +372,38 @@ def _draw_ratio_panel(ax, rows: dict[str, np.ndarray]) -> None:
               f"violations: {violations:,}\nmin {format_ratio(low)}, max {format_ratio(high)}", loc="upper left")
 
 
-def ratio_histogram_file(out_dir: Path, normaliser: str, claim: str, checks_file: Path) -> Path:
-    """Histogram of LHS/RHS over rows with RHS > 0, one panel per layer, line at ratio 1."""
+def bound_check_file(out_dir: Path, normaliser: str, claim: str, checks_file: Path) -> Path:
+    """One figure per checks file, every layer's rows pooled (the per-layer records are tables in the report):
+    measured LHS against bound RHS (log-log, or symmetric-log for signed sides; colour = training step; red crosses
+    the violations) and the histogram of LHS / RHS over the rows with RHS > 0, with a line at ratio 1."""
     data = _load_checks(checks_file)
-    layers = np.unique(data["layer"])
-    fig, axes = _panel_grid(max(len(layers), 1), 4.0, 3.2)
-    for ax, layer in zip(axes, layers):
-        _draw_ratio_panel(ax, {key: values[data["layer"] == layer] for key, values in data.items()})
-        ax.set_title(f"layer {layer}")
-        ax.set_ylabel("number of rows")
-        ax.grid(alpha=0.3)
-    fig.legend(handles=[Line2D([], [], color="#d62728", linestyle="--", label="LHS = RHS")],
-               loc="outside lower center", fontsize=8)
-    suptitle(fig, f"{claim} ({normaliser}): ratio measured / bound; ≤ 1 means the bound holds", fontsize=10)
-    path = check_figure_path(out_dir, "ratio_histogram", normaliser, claim)
+    fig = Figure(figsize=(9.0, 3.9), dpi=DPI, layout="constrained")
+    scatter_ax, ratio_ax = fig.subplots(1, 2, width_ratios=[1.15, 1.0])
+    colour_norm = Normalize(vmin=float(data["step"].min()) if len(data["step"]) else 0.0,
+                            vmax=float(data["step"].max()) if len(data["step"]) else 1.0)
+    mappable = _draw_scatter_panel(scatter_ax, data, colour_norm)
+    scatter_ax.set_xlabel("bound RHS")
+    scatter_ax.set_ylabel("measured LHS")
+    scatter_ax.grid(alpha=0.3, which="major")
+    if mappable is not None:
+        fig.colorbar(mappable, ax=scatter_ax, label="training step", shrink=0.9)
+    _draw_ratio_panel(ratio_ax, data)
+    ratio_ax.set_ylabel("number of rows")
+    ratio_ax.grid(alpha=0.3)
+    fig.legend(handles=_legend_handles(), loc="outside lower center", ncols=2, fontsize=8)
+    layers = len(np.unique(data["layer"]))
+    suptitle(fig, f"{claim} ({normaliser}): measured LHS vs bound RHS (points below the dashed line satisfy it) and "
+                  f"the ratio LHS / RHS; {layers} layers pooled, at most {MAX_POINTS_PER_PANEL:,} points drawn at "
+                  f"random (seed {SUBSAMPLE_SEED})", fontsize=10)
+    path = check_figure_path(out_dir, "bound_check", normaliser, claim)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path)
     return path
 
 
-def ratio_histogram(out_dir: Path) -> list[Path]:
-    """One ratio histogram per checks file."""
-    return [ratio_histogram_file(out_dir, n, c, p) for n, c, p in checks_files(out_dir)]
-
-
 def check_figures(out_dir: Path, normaliser: str, claim: str, checks_file: Path) -> list[Path]:
-    """The scatter and the ratio histogram of one checks file."""
-    return [bound_scatter_file(out_dir, normaliser, claim, checks_file),
-            ratio_histogram_file(out_dir, normaliser, claim, checks_file)]
+    """The figure of one checks file (`bound_check_file`)."""
+    return [bound_check_file(out_dir, normaliser, claim, checks_file)]
 
 
 def drawing_jobs(out_dir: Path) -> list[tuple]:

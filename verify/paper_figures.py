@@ -12,6 +12,8 @@ wrote (none when the runs it needs are absent). Seeds are aggregated as mean (li
     noisy.png                     Fig. 2: training curves with noise, and activation histograms over time
     lp.png                        Fig. 11-13: l_p normalisations, training curves and landscape
     dln_loss.png                  the deep linear network's training loss
+    normaliser__<norm>.png        every trained normaliser beside BatchNorm and the unnormalised network: training
+                                  accuracy and the landscape probes (the norms experiment)
 """
 
 from __future__ import annotations
@@ -288,6 +290,75 @@ def lp_figures(out_dir: Path, runs) -> list[Path]:
                                           f"lr = {lr:g}")
 
 
+def _trained_normalisers(runs) -> list[str]:
+    """The classification runs' normalisers other than the references (none, BatchNorm) and the training variants,
+    in first-seen order (the norms experiment's, the l_p experiment's, a --normaliser-file's)."""
+    names = []
+    for run in runs:
+        norm = str(run["spec"]["norm"])
+        if run["spec"].get("kind", "vgg1d") == "vgg1d" and norm not in (*BASELINE, "noisy_batchnorm", "noisy_none") \
+                and norm not in names:
+            names.append(norm)
+    return names
+
+
+def normaliser_figure(out_dir: Path, runs, norm: str) -> list[Path]:
+    """One trained normaliser beside BatchNorm and the unnormalised network, on the seeds it was trained on: training
+    accuracy, and the landscape along the gradient (loss band, gradient-change band, effective beta) over training."""
+    own = _select(runs, "vgg1d", norm)
+    if not own:
+        return []
+    lr = float(own[0]["spec"]["lr"])
+    seeds = {r["spec"]["seed"] for r in own}
+    norms = ("none", "batchnorm", norm)
+    groups = {n: [r for r in _select(runs, "vgg1d", n, lr) if r["spec"]["seed"] in seeds] for n in norms}
+    fig = Figure(figsize=(16.0, 3.9), dpi=DPI, layout="constrained")
+    ax_acc, ax_loss, ax_grad, ax_beta = fig.subplots(1, 4)
+    for name, group in groups.items():
+        if not group:
+            continue
+        colour = norm_colour(name, list(norms))
+        _seed_curve(ax_acc, group, "acc", colour)
+        probed = _with_probe(group, "landscape/loss")
+        if probed:
+            steps, _, low, _ = _seed_band(probed, "landscape/loss_min")
+            ax_loss.fill_between(steps, low, _seed_band(probed, "landscape/loss_max")[3], color=colour, alpha=0.35,
+                                 linewidth=0)
+            steps, _, low, _ = _seed_band(probed, "landscape/grad_change_min")
+            ax_grad.fill_between(steps, low, _seed_band(probed, "landscape/grad_change_max")[3], color=colour,
+                                 alpha=0.35, linewidth=0)
+            steps, mean, low, high = _seed_band(probed, "landscape/beta_eff")
+            ax_beta.plot(steps, mean, color=colour, linewidth=1.4)
+            ax_beta.fill_between(steps, low, high, color=colour, alpha=0.2, linewidth=0)
+    ax_acc.set_ylim(-0.02, 1.02)
+    ax_acc.set_ylabel("training accuracy (batch)")
+    ax_acc.set_title("training accuracy", fontsize=9)
+    ax_loss.set_ylabel("training loss on the step's batch")
+    ax_loss.set_title("loss L(x - eta g), band min..max over eta", fontsize=9)
+    ax_grad.set_ylabel("gradient change (l2)")
+    ax_grad.set_title("||grad(x - eta g) - g||, band over eta", fontsize=9)
+    ax_beta.set_ylabel("effective beta-smoothness")
+    ax_beta.set_title("effective beta (lower: smoother)", fontsize=9)
+    for ax in (ax_acc, ax_loss, ax_grad, ax_beta):
+        ax.set_xlabel("SGD step")
+        ax.grid(alpha=0.3)
+    for ax in (ax_grad, ax_beta):
+        _positive_log(ax, *[_seed_band(g, "landscape/grad_change_max")[1] for g in
+                            (_with_probe(group, "landscape/loss") for group in groups.values()) if g])
+    drawn = [n for n, g in groups.items() if g]
+    fig.legend(handles=[Patch(color=norm_colour(n, list(norms)), label=f"norm = {n}") for n in drawn],
+               loc="outside lower center", ncols=len(drawn), fontsize=8)
+    suptitle(fig, f"{norm} beside BatchNorm and the unnormalised network (VGG-1d, lr = {lr:g}, seeds "
+                  f"{', '.join(map(str, sorted(seeds)))}; line = mean, band = min..max over seeds and the eta grid)",
+             fontsize=10)
+    return [_save(fig, out_dir, f"normaliser__{norm}.png")]
+
+
+def normaliser_figures(out_dir: Path, runs) -> list[Path]:
+    """`normaliser_figure` for every trained normaliser (`_trained_normalisers`)."""
+    return [path for norm in _trained_normalisers(runs) for path in normaliser_figure(out_dir, runs, norm)]
+
+
 def dln_loss_figure(out_dir: Path, runs) -> list[Path]:
     dln = [r for r in runs if r["spec"].get("kind") == "dln"]
     if not dln:
@@ -313,10 +384,13 @@ def dln_loss_figure(out_dir: Path, runs) -> list[Path]:
 
 
 def _part_figures(out_dir: Path, part: str) -> list[Path]:
-    """The figures of one part ('vgg1d', 'dln' or 'other': noisy BN, l_p, DLN loss), from the runs of DIR."""
+    """The figures of one part ('vgg1d', 'dln', 'other': noisy BN, l_p, DLN loss, or 'normalisers': one per trained
+    normaliser), from the runs of DIR."""
     runs = load_report_runs(out_dir)
     if part == "other":
         return noisy_figure(out_dir, runs) + lp_figures(out_dir, runs) + dln_loss_figure(out_dir, runs)
+    if part == "normalisers":
+        return normaliser_figures(out_dir, runs)
     paths: list[Path] = []
     lrs = sorted({float(r["spec"]["lr"]) for r in runs if r["spec"].get("kind", "vgg1d") == part})
     for lr in lrs:
@@ -328,7 +402,7 @@ def _part_figures(out_dir: Path, part: str) -> list[Path]:
 
 def drawing_jobs(out_dir: Path) -> list[tuple]:
     """(function, args) per independent part, in report order (each part loads the runs it draws from)."""
-    return [(_part_figures, (out_dir, part)) for part in ("vgg1d", "dln", "other")]
+    return [(_part_figures, (out_dir, part)) for part in ("vgg1d", "dln", "other", "normalisers")]
 
 
 def draw_paper_figures(out_dir: Path) -> list[Path]:

@@ -18,17 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from empirics.config import ExperimentConfig, to_dict
+from empirics.config import TRAINING_VARIANTS, ExperimentConfig, to_dict
 from empirics.experiments import run_specs
 from empirics.runner import load_run, recovered_runs, run_all, run_dir
 from empirics.storage import write_atomic, write_json
 from empirics.train import resolve_device
+from theory import numeric
 from theory.cache import cached
 from theory.normalisers import REGISTRY
 from theory.statements import establish_all
 from verify import checks as checking
 from verify import effects, training
 from verify.crosscheck import batchnorm_jacobian_agreement
+from verify.measured_statements import bound_checks
 from verify.report import write_report, write_theory_report
 
 SCHEMA = 1
@@ -98,15 +100,36 @@ def environment(config: ExperimentConfig) -> dict:
     }
 
 
-def _check_bounds(runs: list[dict], bound_checks, model_name: str, out_dir: Path) -> list[dict]:
-    """Evaluate every bound check on its measurement table of every run; save per-row data to DIR/checks/;
-    return one record per (statement, layer, lr)."""
+def run_normaliser(run: dict) -> str | None:
+    """The registered normaliser whose captures a run holds (noisy BN: BatchNorm's), or None (no normaliser)."""
+    norm = str(run["spec"]["norm"])
+    return TRAINING_VARIANTS.get(norm, norm) if norm in TRAINING_VARIANTS or norm in REGISTRY else None
+
+
+def _rhs41(normaliser: str):
+    """rows -> the normaliser's own thm4.1 right side per captured group (the per-layer table sums it), or None."""
+    try:
+        statement = numeric.activation_statement("thm4.1", normaliser)
+    except KeyError:
+        return None
+    return lambda rows: statement(*(rows[name].astype(np.float64) if name == "m" else rows[name]
+                                    for name in statement.reductions))
+
+
+def _check_bounds(runs: list[dict], theory: dict, model_name: str, out_dir: Path) -> list[dict]:
+    """Evaluate every measurable statement of every trained normaliser (`measured_statements.bound_checks`) on the
+    measurement tables of that normaliser's runs; save per-row data to DIR/checks/; return one record per
+    (normaliser, statement, layer, lr)."""
     (out_dir / "checks").mkdir(exist_ok=True)
-    tables_of = [(run, checking.measurement_tables(run)) for run in runs]
+    by_normaliser: dict[str, list[tuple[dict, dict]]] = {}
+    for run in runs:
+        name = run_normaliser(run)
+        if name is not None and run.get("captures") and len(run["captures"].get("step", ())):
+            by_normaliser.setdefault(name, []).append((run, checking.measurement_tables(run, _rhs41(name))))
     records = []
-    for check in bound_checks:
+    for check in bound_checks(theory, list(by_normaliser)):
         tables = []
-        for run, measured in tables_of:
+        for run, measured in by_normaliser[check.normaliser]:
             rows = measured.get(check.table)
             if rows is None:
                 continue
@@ -127,8 +150,8 @@ def _check_bounds(runs: list[dict], bound_checks, model_name: str, out_dir: Path
                 summary = checking.summarise({key: value[selected] for key, value in table.items()
                                               if key not in ("run_id", "lr", "layer", "channel", "step")})
                 records.append({"claim": check.id, "normaliser": check.normaliser, "model": model_name,
-                                "table": check.table, "layer": int(layer), "lr": lr, **summary,
-                                "tolerance": check.tolerance_reason})
+                                "table": check.table, "layer": int(layer), "lr": lr, "relation": check.relation,
+                                **summary, "tolerance": check.tolerance_reason})
     return records
 
 
@@ -144,7 +167,7 @@ def stage_report(config: ExperimentConfig, out_dir: Path, all_started: float | N
         raise FileNotFoundError(f"{theory_path} is missing; run `python -m verify theory --out {out_dir}` first")
     theory = json.loads(theory_path.read_text())
     runs = [load_run(run_dir(out_dir, spec.run_id)) for spec in run_specs(config)]
-    check_records = _check_bounds(runs, checking.default_bound_checks(), config.model.name, out_dir)
+    check_records = _check_bounds(runs, theory, config.model.name, out_dir)
     for record in check_records:
         record["status"] = theory.get(record["normaliser"], {}).get(record["claim"], {}).get("status")
     run_records = [training.run_record(run) for run in runs]

@@ -44,14 +44,14 @@ def comparisons_of(measured: dict) -> list[dict]:
     return found
 
 
-def _ratio_records(measured: dict) -> list[tuple[str, dict]]:
+def ratio_records(measured: dict) -> list[tuple[str, dict]]:
     """(label, record with an `interval`) for claims decided by one number per run (steps, losses, drift)."""
     found = []
     for key, value in measured.items():
         if isinstance(value, dict) and "interval" in value and "verdict" in value:
             found.append((key.replace("=", " ").replace("_", " "), value))
         elif isinstance(value, dict):
-            found += [(f"{key} {label}".strip(), record) for label, record in _ratio_records(value)]
+            found += [(f"{key} {label}".strip(), record) for label, record in ratio_records(value)]
     return found
 
 
@@ -122,7 +122,7 @@ def claim_row(record: dict) -> ClaimRow:
             shown = [f"{axis} {interval_short(axes[axis].get('interval'))}" for axis in DECIDING_AXES if axis in axes]
             headline.append((f"{label(c)}: " if several else "") + (", ".join(shown) or "no deciding axis"))
         return ClaimRow(measured="; ".join(headline), seeds=_seeds(intervals), **per_axis, **common)
-    ratios = _ratio_records(measured)
+    ratios = ratio_records(measured)
     if ratios:
         several = len(ratios) > 1
         text = "; ".join((f"{label}: " if several else "") + interval_short(r["interval"]) for label, r in ratios)

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 from pathlib import Path
 
-from verify import claim_figures, figures, paper_figures
+from verify import claim_figures, figures, paper_figures, sharpness_figures
 from verify.document import (
     TITLE,
     Block,
@@ -42,6 +42,7 @@ from verify.report.runs import (
     reproducibility_blocks,
     training_blocks,
 )
+from verify.report.sharpness import sharpness_details
 from verify.report.statements import derivations_details, matrix_section
 from verify.summary import headline_lines
 
@@ -70,6 +71,7 @@ def build_document(results: dict, out_dir: Path, figure_paths: list[Path]) -> li
                + _details("Training runs (paper Fig. 1): speed, accuracy, divergence", training_blocks(
                    results, out_dir, curves))
                + _details("The paper's figures, re-drawn from these runs", paper_figure_blocks(out_dir, paper))
+               + sharpness_details(out_dir, figure_paths)  # beyond the paper (issue 16)
                + _details("Performance of the instrument", performance_blocks(out_dir))
                + _details("Environment and reproduction", environment_blocks(results, out_dir)))
     return (headline_blocks(results) + claims_section(results) + matrix_section(results)
@@ -88,7 +90,8 @@ def draw_figures(out_dir: Path, processes: int | None = None) -> list[Path]:
     Drawing is CPU-bound rendering (constrained layout, PNG encoding) and the figures share no state, so
     one process per core divides the report's drawing time by the cores. `processes=1` draws in this process.
     """
-    jobs = figures.drawing_jobs(out_dir) + paper_figures.drawing_jobs(out_dir) + claim_figures.drawing_jobs(out_dir)
+    jobs = figures.drawing_jobs(out_dir) + paper_figures.drawing_jobs(out_dir) + claim_figures.drawing_jobs(out_dir) \
+        + sharpness_figures.drawing_jobs(out_dir)
     processes = min(len(jobs), processes or os.cpu_count() or 1)
     if processes <= 1:
         return [path for function, args in jobs for path in function(*args)]
