@@ -39,7 +39,7 @@ import torch
 from tqdm import tqdm
 
 from . import train
-from .config import ConfigError, Device, Executor, ExperimentConfig, RunSpec
+from .config import ConfigError, Device, Executor, ExperimentConfig, RunSpec, register_normaliser_files
 from .storage import write_json
 
 NODE_FILE = "node.json"  # in a run directory: where each attempt at the run ran
@@ -128,11 +128,29 @@ def record_attempt(directory: Path, executor: Executor) -> dict:
     return record
 
 
+def _register_user_normalisers(spec: RunSpec, directory: Path) -> None:
+    """Register the run's --normaliser-file formulas in this process (a spawned or Ray worker starts with the
+    project's registry only) and check that the run id, which hashes a user's formula, is still the one the
+    driver named `directory` by: a file edited since the sweep started, or a node that sees another file at
+    that path, would otherwise write another formula's results under this run's id."""
+    try:
+        register_normaliser_files(spec.config.normaliser_files)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{error} on host {socket.gethostname()}; every machine that trains runs must see each "
+                          "--normaliser-file at the same path (a shared filesystem, as for --out)") from None
+    if spec.run_id != directory.name:
+        raise ConfigError(f"run {directory.name} is run {spec.run_id} on host {socket.gethostname()}: a formula of "
+                          f"{', '.join(spec.config.normaliser_files)} differs from the one the sweep started with; "
+                          "keep the files unchanged (and the same on every node) while a sweep runs, then rerun it")
+
+
 def train_task(spec: RunSpec, directory: Path, executor: Executor = Executor.LOCAL, progress: bool = False) -> str:
-    """One run, as every executor trains it: record the attempt, pin the numerics, train (resuming from the
-    directory's checkpoint if there is one). Returns the run id."""
+    """One run, as every executor trains it: record the attempt, register the user's normaliser files, pin the
+    numerics, train (resuming from the directory's checkpoint if there is one). `directory` is the run's
+    directory as the driver named it, out/runs/<run id> (empirics.runner.run_dir). Returns the run id."""
     directory = Path(directory)
     record_attempt(directory, executor)
+    _register_user_normalisers(spec, directory)
     with pinned_numerics(spec):
         train.train_run(spec, directory, progress=progress)
     return spec.run_id
