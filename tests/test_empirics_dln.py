@@ -156,8 +156,13 @@ def test_dln_loss_and_gradients_equal_the_f_linear_network_in_float64(norm):
     # double backward (curvature's HVPs, landscape's beta): the gradient of ||grad||^2
     fast_second = torch.autograd.grad(sum((g**2).sum() for g in fast_grads), list(model.parameters()))
     slow_second = torch.autograd.grad(sum((g**2).sum() for g in slow_grads), list(reference.parameters()))
+    # a hidden bias ahead of a centring normaliser has an exactly zero second gradient; what either route
+    # computes there is the cancellation of terms as large as the rest of the vector (~1e4), so its absolute
+    # rounding scales with that magnitude: a few hundred units of 2^-53 of the vector's largest entry
+    scale = max(want.abs().max().item() for want in slow_second)
+    second_routes = {**FLOAT64_ROUTES, "atol": max(FLOAT64_ROUTES["atol"], 1e-14 * scale)}
     for got, want in zip(fast_second, slow_second):
-        torch.testing.assert_close(got, want, **FLOAT64_ROUTES)
+        torch.testing.assert_close(got, want, **second_routes)
 
 
 @pytest.mark.parametrize("norm", ["none", "batchnorm", "lp1", "weightnorm"])

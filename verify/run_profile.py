@@ -9,7 +9,7 @@ P = (steps run) x (median time of the run's own uncaptured steps; a step's time 
     run_overhead       the whole train_run (setup, loop, evaluation, files) / P
     steps              every step's own forward, backward and update, captured ones at the plain median / P
     captures           what captured steps took beyond a plain step, plus collecting their rows / P
-    landscape, ics, curvature, weights, hist     each probe kind's measurement calls / P
+    landscape, ics, curvature, weights, hist, sharpness, filter_landscape   each probe kind's measurement calls / P
     probes_other       the recorder's remaining work (parameter snapshots, the progress trigger) / P
     eval, log, checkpoint, write, setup           the other phases of empirics.phases / P
     unaccounted        the rest: the loop itself, batch indexing, the progress bar
@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from empirics import activations, curvature, ics, landscape, train, weight_bounds
+from empirics import activations, curvature, filter_landscape, ics, landscape, sharpness, train, weight_bounds
 from empirics.config import PRESETS, Norm, RunSpec
 from empirics.experiments import run_specs
 from empirics.phases import PhaseClock
@@ -36,7 +36,8 @@ RUN_KINDS = (Norm.BATCHNORM, Norm.LP1, Norm.NOISY_BATCHNORM)
 PROBE_FUNCTIONS = ((landscape, "landscape_probe", "landscape"), (ics, "ics", "ics"),
                    (curvature, "activation_curvature", "curvature"),
                    (weight_bounds, "weight_bound_terms_of_layers", "weights"),
-                   (activations, "activation_summary", "hist"), (activations, "bin_edges_from", "hist"))
+                   (activations, "activation_summary", "hist"), (activations, "bin_edges_from", "hist"),
+                   (sharpness, "sharpness_probe", "sharpness"), (filter_landscape, "filter_landscape", "filter_landscape"))
 RUN_OVERHEAD_TARGET = {Norm.BATCHNORM: 1.3}  # issue 15: a default-preset BN run with all its probes
 
 
