@@ -34,6 +34,7 @@ import sympy as sp
 
 from theory.activation_bound import APPENDIX_C, bound_expressions, paper_bound
 from theory.batch_algebra import BatchMax, NoClosedForm, k, l, m, mixed_sum, y
+from theory.cache import cached
 from theory.derive import derive
 from theory.normaliser import eps, g_hat, gamma, sigma
 from theory.normalisers import REGISTRY
@@ -63,6 +64,12 @@ def _grad_sq_norm(target):
 
 
 def _bounds(target) -> dict[str, sp.Expr]:
+    # simplified per normaliser (seconds of SymPy each): on disk like the derivations (theory.cache), so the
+    # theory stage computes them once and the report's checks only load them
+    return cached("bounds", target, lambda: _bound_expressions(target))
+
+
+def _bound_expressions(target) -> dict[str, sp.Expr]:
     try:
         return bound_expressions(derive(target))
     except NoClosedForm:  # l1, l-inf: their thm4.1 needs more reductions (`piecewise_callable`)
@@ -620,6 +627,11 @@ _REDUCTION_ORDER = ("g_sq", "g_sum", "g_yhat", "g_sign", "sign_mean", "g_at_max"
 
 
 def _piecewise_expression(claim_id: str, target) -> sp.Expr:
+    # the oblique projector's pieces take seconds of SymPy: on disk like `_bounds`
+    return cached(f"piecewise-{claim_id}", target, lambda: _piecewise_expression_of(claim_id, target))
+
+
+def _piecewise_expression_of(claim_id: str, target) -> sp.Expr:
     derivation = piecewise.derive_piecewise(target)
     if claim_id == "grad_sq_norm":
         return derivation.in_sigma(derivation.grad_sq_norm)

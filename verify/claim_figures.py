@@ -152,14 +152,20 @@ def ratio_figure(out_dir: Path, record: dict) -> list[Path]:
     return [path]
 
 
-def claim_figures(out_dir: Path) -> list[Path]:
-    """The figure of every claim in DIR/results.json, in claim order: the deciding metric against step and training
-    loss for a compared probe metric (`claim_figure`), else the seed-by-seed ratios (`ratio_figure`)."""
+def claim_figures(out_dir: Path, only: int | None = None) -> list[Path]:
+    """The figure of every claim in DIR/results.json (or of the `only`-th), in claim order: the deciding metric
+    against step and training loss for a compared probe metric (`claim_figure`), else the seed-by-seed ratios
+    (`ratio_figure`)."""
     results = json.loads((Path(out_dir) / "results.json").read_text())
+    records = results.get("claims") or []
+    if only is not None:
+        records = records[only:only + 1]
     runs = load_report_runs(out_dir)
-    return [path for record in results.get("claims") or []
-            for path in (claim_figure(out_dir, runs, record) or ratio_figure(out_dir, record))]
+    return [path for record in records for path in (claim_figure(out_dir, runs, record) or ratio_figure(out_dir, record))]
 
 
 def drawing_jobs(out_dir: Path) -> list[tuple]:
-    return [(claim_figures, (out_dir,))]
+    """One job per claim (a second each): the drawing processes share them evenly."""
+    results_path = Path(out_dir) / "results.json"
+    claims = (json.loads(results_path.read_text()).get("claims") or []) if results_path.exists() else []
+    return [(claim_figures, (out_dir, n)) for n in range(len(claims))]

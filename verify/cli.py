@@ -203,9 +203,11 @@ def run(args: argparse.Namespace) -> None:
             print(line)
         return
     pipeline.write_config(config, args.preset, out_dir)  # the first write of any stage
-    if args.command in ("all", "theory"):
+    if args.command == "all":
+        pipeline.stage_theory_and_empirics(config, out_dir, normalisers, progress=not args.no_progress)
+    elif args.command == "theory":
         pipeline.stage_theory(out_dir, normalisers)
-    if args.command in ("all", "empirics"):
+    elif args.command == "empirics":
         pipeline.stage_empirics(config, out_dir, progress=not args.no_progress)
     if args.command in ("all", "report"):
         results = pipeline.stage_report(config, out_dir, all_started=started if args.command == "all" else None)

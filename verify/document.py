@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import dataclasses
 import functools
 import html
 import io
@@ -291,8 +292,33 @@ def _svg_size(svg: str) -> tuple[str, str]:
     return (size.group(1), size.group(2)) if size else ("auto", "auto")
 
 
+def _math_size(display: bool) -> float:
+    return 16.0 if display else 12.0
+
+
+def draw_formulas(blocks) -> int:
+    """Draw (and cache, `mathtext_svg`) every formula of `blocks` as `render_html` will, without rendering
+    anything else (figures need not exist yet); returns how many formulas it met."""
+    count = 0
+
+    def walk(item) -> None:
+        nonlocal count
+        if isinstance(item, (Math, DisplayMath)):
+            mathtext_svg(item.latex, _math_size(isinstance(item, DisplayMath)))
+            count += 1
+        elif dataclasses.is_dataclass(item):
+            for field in dataclasses.fields(item):
+                walk(getattr(item, field.name))
+        elif isinstance(item, (list, tuple)):
+            for element in item:
+                walk(element)
+
+    walk(blocks)
+    return count
+
+
 def _html_math(latex: str, display: bool) -> str:
-    svg = mathtext_svg(latex, 16.0 if display else 12.0)
+    svg = mathtext_svg(latex, _math_size(display))
     if svg is None:
         source = html.escape(latex)
         return (f'<pre class="latex" title="LaTeX source (mathtext cannot draw it)"><code>{source}</code></pre>'

@@ -35,8 +35,24 @@ from verify.figures import DPI, _aligned, _seed_stats, figures_dir, norm_colour,
 BASELINE = ("none", "batchnorm")
 
 
+# (directory, results.json's mtime and size) -> its runs: `draw_figures` loads them once before forking the
+# drawing processes, which inherit them; figures read runs and never change them
+_LOADED: dict[tuple, list[dict]] = {}
+
+
 def load_report_runs(out_dir: Path) -> list[dict]:
-    """Every run listed in results.json (`training` and `dln_training`), loaded with its probes."""
+    """Every run listed in results.json (`training` and `dln_training`), loaded with its probes (once per
+    results.json: a rewritten one is read again)."""
+    path = Path(out_dir).resolve() / "results.json"
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = _load_listed_runs(out_dir)
+    return _LOADED[key]
+
+
+def _load_listed_runs(out_dir: Path) -> list[dict]:
     results = json.loads((Path(out_dir) / "results.json").read_text())
     listed = (results.get("training") or []) + (results.get("dln_training") or [])
     runs = []

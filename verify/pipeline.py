@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from empirics.config import TRAINING_VARIANTS, ExperimentConfig, to_dict
+from empirics.config import TRAINING_VARIANTS, Executor, ExperimentConfig, to_dict
 from empirics.experiments import run_specs
 from empirics.runner import load_run, recovered_runs, run_all, run_dir
 from empirics.storage import write_atomic, write_json
@@ -37,11 +38,15 @@ SCHEMA = 1
 NETWORK_DTYPE = "float32"  # the dtype every model trains in; sets the checks' rounding tolerance
 
 
-def _record_timing(out_dir: Path, stage: str, seconds: float) -> None:
+_TIMINGS_LOCK = threading.Lock()  # the theory thread of `stage_theory_and_empirics` records beside the runs
+
+
+def _record_timing(out_dir: Path, stage: str, seconds: float | bool) -> None:
     path = out_dir / "timings.json"
-    timings = json.loads(path.read_text()) if path.exists() else {}
-    timings[f"{stage}_s"] = seconds
-    write_json(path, timings)
+    with _TIMINGS_LOCK:
+        timings = json.loads(path.read_text()) if path.exists() else {}
+        timings[stage if isinstance(seconds, bool) else f"{stage}_s"] = seconds
+        write_json(path, timings)
 
 
 def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
@@ -49,9 +54,10 @@ def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
     write_json(out_dir / "config.json", {"schema": SCHEMA, "preset": preset, **to_dict(config)})
 
 
-def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None) -> dict:
+def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None, beside_runs: bool = False) -> dict:
     """Derive and establish every statement for `normalisers` (default: all registered); write
-    DIR/theory.json and DIR/theory.md; cross-check the BN Jacobian against torch."""
+    DIR/theory.json and DIR/theory.md; cross-check the BN Jacobian against torch. `beside_runs`: whether it ran
+    while the runs trained (`stage_theory_and_empirics`), recorded with its time."""
     started = time.perf_counter()
     normalisers = tuple(REGISTRY) if normalisers is None else normalisers
     theory = {name: {cid: r.as_dict() for cid, r in establish_all(REGISTRY[name]).items()} for name in normalisers}
@@ -61,8 +67,43 @@ def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None) -> d
         theory["batchnorm"]["factC.1"]["numeric_crosscheck"] = crosscheck
     write_json(out_dir / "theory.json", theory)
     write_theory_report(out_dir)
+    for name in normalisers:  # the checks' symbolic right sides, simplified once here and kept on disk
+        bound_checks(theory, [name])
+        _rhs41(name)
     _record_timing(out_dir, "theory", time.perf_counter() - started)
+    _record_timing(out_dir, "theory_beside_runs", beside_runs)
     return theory
+
+
+def _trains_elsewhere(config: ExperimentConfig) -> bool:
+    """Whether the runs of `config` train outside this process (worker processes, Ray tasks), leaving it idle."""
+    return config.executor is not Executor.LOCAL or config.workers > 1
+
+
+def stage_theory_and_empirics(config: ExperimentConfig, out_dir: Path, normalisers: tuple[str, ...] | None = None,
+                              progress: bool = True) -> None:
+    """Both stages of `verify all`. The two are independent (training reads no derivation); where the runs train
+    in other processes, theory derives in a thread of this otherwise idle one meanwhile, so its SymPy work fills
+    the cores the runs leave free (the sweep's tail, the workers' start). Theory's error, if any, is raised once
+    the runs are done (every finished run is kept). Where the runs train in this process, one after the other."""
+    if not _trains_elsewhere(config):
+        stage_theory(out_dir, normalisers)
+        stage_empirics(config, out_dir, progress=progress)
+        return
+    failure: list[BaseException] = []
+
+    def derive() -> None:
+        try:
+            stage_theory(out_dir, normalisers, beside_runs=True)
+        except BaseException as error:  # noqa: BLE001 - handed to the main thread, raised there
+            failure.append(error)
+
+    thread = threading.Thread(target=derive, name="theory", daemon=True)
+    thread.start()
+    stage_empirics(config, out_dir, progress=progress)  # on its error (or Ctrl-C) the daemon thread is left behind
+    thread.join()
+    if failure:
+        raise failure[0]
 
 
 def stage_empirics(config: ExperimentConfig, out_dir: Path, progress: bool = True) -> list[Path]:

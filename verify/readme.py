@@ -33,7 +33,9 @@ def results_block(results: dict, out_dir: str, report_s: float | None = None) ->
     produced = parts("Produced by ", Code(command), " at revision ", Code(str(environment.get("git_revision", "?"))),
                      f" ({environment.get('device', '?')}, torch {environment.get('torch', '?')}); "
                      f"{timings.get('total_s', float('nan')):.0f} s from start to results.json on this machine "
-                     f"(derivations {timings.get('theory_s', float('nan')):.1f} s, cached or not as found{drawing}).")
+                     f"(derivations {timings.get('theory_s', float('nan')):.1f} s"
+                     f"{', beside the training' if timings.get('theory_beside_runs') else ''}, cached or not as found"
+                     f"{drawing}).")
     blocks = [Paragraph(produced), Bullets(tuple(parts(line) for line in headline_lines(results)))]
     if results.get("claims"):
         blocks += [Paragraph(parts(Strong("The paper's empirical claims."), " " + READING)), claims_table(results)]

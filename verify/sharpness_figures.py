@@ -194,5 +194,14 @@ def sharpness_figures(out_dir: Path) -> list[Path]:
     return sharpness_figure(out_dir, runs) + filter_landscape_figure(out_dir, runs)
 
 
+def _sharpness_only(out_dir: Path) -> list[Path]:
+    return sharpness_figure(out_dir, load_report_runs(out_dir))
+
+
+def _filter_landscape_only(out_dir: Path) -> list[Path]:
+    return filter_landscape_figure(out_dir, load_report_runs(out_dir))
+
+
 def drawing_jobs(out_dir: Path) -> list[tuple]:
-    return [(sharpness_figures, (out_dir,))]
+    """The two figures as two jobs (seconds each), in report order."""
+    return [(_sharpness_only, (out_dir,)), (_filter_landscape_only, (out_dir,))]

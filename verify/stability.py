@@ -51,14 +51,36 @@ def run_stability(config: ExperimentConfig, preset: str, out_dir: Path, progress
                 f"threads{second.threads}": (second, Path(out_dir) / f"threads{second.threads}")}
     results = []
     for variant, directory in variants.values():
+        finished = _finished_results(variant, preset, directory)
+        if finished is not None:  # `verify all` of this very variant and revision: its report stands as written
+            results.append(finished)
+            continue
         pipeline.write_config(variant, preset, directory)
-        pipeline.stage_theory(directory)
-        pipeline.stage_empirics(variant, directory, progress=progress)
+        pipeline.stage_theory_and_empirics(variant, directory, progress=progress)
         results.append(pipeline.stage_report(variant, directory))
     comparison = {"variants": {name: {"threads": c.threads, "workers": c.workers, "out": str(d)}
                                for name, (c, d) in variants.items()}, **compare_results(*results)}
     write_json(Path(out_dir) / "stability.json", comparison)
     return comparison
+
+
+def _finished_results(config: ExperimentConfig, preset: str, directory: Path) -> dict | None:
+    """DIR/results.json where it was written for `config` and `preset` at this revision with every run of it done
+    (so its timings, `verify all`'s total among them, are kept), else None."""
+    from empirics.config import to_dict
+    from empirics.experiments import run_specs
+    from empirics.runner import run_dir
+    from verify import pipeline
+
+    path = directory / "results.json"
+    if not path.exists():
+        return None
+    results = json.loads(path.read_text())
+    same = (results.get("config") == json.loads(json.dumps({"schema": pipeline.SCHEMA, "preset": preset,
+                                                            **to_dict(config)}))
+            and (results.get("environment") or {}).get("git_revision") == pipeline._git_revision())
+    done = all((run_dir(directory, spec.run_id) / "done").exists() for spec in run_specs(config))
+    return results if same and done else None
 
 
 def describe(comparison: dict) -> list[str]:

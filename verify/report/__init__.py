@@ -28,6 +28,7 @@ from verify.document import (
     Heading,
     Link,
     Paragraph,
+    draw_formulas,
     parts,
     render_html,
     render_markdown,
@@ -83,27 +84,40 @@ def _call(function, args) -> list[Path]:
     return function(*args)
 
 
-def draw_figures(out_dir: Path, processes: int | None = None) -> list[Path]:
+def draw_figures(out_dir: Path, processes: int | None = None, meanwhile=None) -> list[Path]:
     """Every figure of DIR, drawn by independent jobs in parallel processes (fork: matplotlib and the loaded
     modules are inherited, nothing is re-imported); the paths come back in report order.
 
     Drawing is CPU-bound rendering (constrained layout, PNG encoding) and the figures share no state, so
     one process per core divides the report's drawing time by the cores. `processes=1` draws in this process.
+    `meanwhile()`, if given, runs in this process while the others draw (before drawing where it draws itself).
     """
     jobs = figures.drawing_jobs(out_dir) + paper_figures.drawing_jobs(out_dir) + claim_figures.drawing_jobs(out_dir) \
         + sharpness_figures.drawing_jobs(out_dir)
     processes = min(len(jobs), processes or os.cpu_count() or 1)
+    if (Path(out_dir) / "results.json").exists():
+        paper_figures.load_report_runs(out_dir)  # once, here: the forked processes inherit the loaded runs
     if processes <= 1:
+        if meanwhile is not None:
+            meanwhile()
         return [path for function, args in jobs for path in function(*args)]
     with multiprocessing.get_context("fork").Pool(processes) as pool:
-        return [path for paths in pool.starmap(_call, jobs) for path in paths]
+        # one job at a time per process (the default chunks of ~len/8 jobs leave one process drawing alone)
+        drawn = pool.starmap_async(_call, jobs, chunksize=1)
+        if meanwhile is not None:
+            meanwhile()
+        return [path for paths in drawn.get() for path in paths]
 
 
 def write_report(out_dir: Path) -> dict[str, Path]:
     """Draw the figures of DIR, then write DIR/report.md and DIR/report.html from DIR/results.json."""
     out_dir = Path(out_dir)
     results = json.loads((out_dir / "results.json").read_text())
-    blocks = build_document(results, out_dir, draw_figures(out_dir))
+
+    def formulas() -> None:  # the formulas' SVGs (mathtext, seconds), cached for the real rendering below
+        draw_formulas(build_document(results, out_dir, []))
+
+    blocks = build_document(results, out_dir, draw_figures(out_dir, meanwhile=formulas))
     paths = {"md": out_dir / "report.md", "html": out_dir / "report.html"}
     paths["md"].write_text(render_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(render_html(blocks, out_dir), encoding="utf-8")
