@@ -130,3 +130,16 @@ def test_draw_formulas_meets_every_formula_render_html_draws(tmp_path):
 
     render_html(blocks, tmp_path)
     assert mathtext_svg.cache_info().misses == 3  # the rendering drew nothing new
+
+
+def test_reproducibility_section_counts_the_changed_runs(tmp_path):
+    from verify.document import render_markdown
+    from verify.report.runs import reproducibility_blocks
+
+    (tmp_path / "stability.json").write_text(json.dumps({
+        "claims": [{"id": "a", "first": "reproduced", "second": "reproduced", "agree": True},
+                   {"id": "b", "first": "inconclusive", "second": "reproduced", "agree": False}],
+        "agreeing": 1, "total": 2, "runs_compared": 3, "runs_changed": [["vgg1d", "none", 0.1, 0]]}))
+    text = render_markdown(reproducibility_blocks(tmp_path))
+    assert "1 of 2 verdicts agree; 1 of 3 runs" in text and "vgg1d" not in text
+    assert "inconclusive" in text  # the disagreeing claim's table

@@ -218,11 +218,13 @@ def reproducibility_blocks(out_dir: Path) -> list[Block]:
     stability = json.loads(path.read_text())
     claims = [c for c in stability.get("claims") or [] if isinstance(c, dict)]
     changed = [c for c in claims if not c.get("agree")]
+    runs_changed = stability.get("runs_changed", "?")  # the list of changed runs' keys (stability.compare_results)
+    runs_changed = len(runs_changed) if isinstance(runs_changed, list) else runs_changed
     blocks: list[Block] = [Heading(2, "Reproducibility"), Paragraph(parts(
         "The preset run again with another thread count per run (another float summation order; ",
         Code("python -m verify stability"), f"): {stability.get('agreeing', '?')} of {stability.get('total', '?')} "
-        f"verdicts agree; {stability.get('runs_changed', '?')} of {stability.get('runs_compared', '?')} runs "
-        "changed." + (" Every verdict is the same." if claims and not changed else "")))]
+        f"verdicts agree; {runs_changed} of {stability.get('runs_compared', '?')} runs (final training loss not "
+        "bit-identical) changed." + (" Every verdict is the same." if claims and not changed else "")))]
     if changed:
         blocks.append(table(["claim", "first", "second"], [[Code(str(c.get("id"))), StatusBadge(str(c.get("first"))),
                                                               StatusBadge(str(c.get("second")))] for c in changed]))
