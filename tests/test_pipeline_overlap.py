@@ -96,13 +96,12 @@ def test_claim_and_sharpness_figures_are_one_job_each(tmp_path):
 
 
 def test_stability_keeps_a_finished_report_of_the_same_variant_and_revision(tmp_path):
-    from empirics.config import to_dict
     from empirics.experiments import run_specs
     from empirics.runner import run_dir
     from verify import stability
 
-    config = {"schema": pipeline.SCHEMA, "preset": "smoke", **to_dict(SMOKE)}
-    written = {"config": json.loads(json.dumps(config)), "environment": {"git_revision": pipeline._git_revision()},
+    pipeline.write_config(SMOKE, "smoke", tmp_path)  # results.json's "config" is config.json's content
+    written = {"config": json.loads((tmp_path / "config.json").read_text()), "environment": {"git_revision": pipeline._git_revision()},
                "timings": {"total_s": 12.0}}
     (tmp_path / "results.json").write_text(json.dumps(written))
     assert stability._finished_results(SMOKE, "smoke", tmp_path) is None  # no run done yet

@@ -49,9 +49,14 @@ def _record_timing(out_dir: Path, stage: str, seconds: float | bool) -> None:
         write_json(path, timings)
 
 
+def config_record(config: ExperimentConfig, preset: str) -> dict:
+    """DIR/config.json's content (and results.json's "config") for `config` of `preset`."""
+    return {"schema": SCHEMA, "preset": preset, **to_dict(config)}
+
+
 def write_config(config: ExperimentConfig, preset: str, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"schema": SCHEMA, "preset": preset, **to_dict(config)})
+    write_json(out_dir / "config.json", config_record(config, preset))
 
 
 def stage_theory(out_dir: Path, normalisers: tuple[str, ...] | None = None, beside_runs: bool = False) -> dict:

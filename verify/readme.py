@@ -41,8 +41,8 @@ def results_block(results: dict, out_dir: str, report_s: float | None = None) ->
         blocks += [Paragraph(parts(Strong("The paper's empirical claims."), " " + READING)), claims_table(results)]
     blocks += matrix_section(results)[1:]  # the matrix's legend and table, under the README's own heading
     blocks.append(Paragraph(parts("Bound tightness, the derivations, the per-claim figures and every run: ",
-                                  Link("the full report", f"{out_dir}/report.md"), f" ({out_dir}/report.html "
-                                  "for the self-contained page).")))
+                                  Link("the full report", f"{out_dir}/report.md"), f" (the self-contained page, "
+                                  f"{out_dir}/report.html, is written by the same command; not kept in git).")))
     return "\n".join([START, "", render_markdown(blocks).rstrip("\n"), "", END])
 
 

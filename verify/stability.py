@@ -67,7 +67,6 @@ def run_stability(config: ExperimentConfig, preset: str, out_dir: Path, progress
 def _finished_results(config: ExperimentConfig, preset: str, directory: Path) -> dict | None:
     """DIR/results.json where it was written for `config` and `preset` at this revision with every run of it done
     (so its timings, `verify all`'s total among them, are kept), else None."""
-    from empirics.config import to_dict
     from empirics.experiments import run_specs
     from empirics.runner import run_dir
     from verify import pipeline
@@ -76,8 +75,7 @@ def _finished_results(config: ExperimentConfig, preset: str, directory: Path) ->
     if not path.exists():
         return None
     results = json.loads(path.read_text())
-    same = (results.get("config") == json.loads(json.dumps({"schema": pipeline.SCHEMA, "preset": preset,
-                                                            **to_dict(config)}))
+    same = (results.get("config") == json.loads(json.dumps(pipeline.config_record(config, preset)))
             and (results.get("environment") or {}).get("git_revision") == pipeline._git_revision())
     done = all((run_dir(directory, spec.run_id) / "done").exists() for spec in run_specs(config))
     return results if same and done else None
