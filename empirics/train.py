@@ -126,6 +126,36 @@ def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == labels) & torch.isfinite(logits).all(dim=1)
 
 
+class _PendingAccuracy:
+    """The training batches' accuracies of logged steps, computed together when the log is read.
+
+    A logged step keeps its logits and labels (references, no copy: the step's own tensors); `flush` fills the
+    reserved entries of train_log["acc"] with one batched `_correct` over every kept step, the same float32
+    count / batch size each step's `_correct(...).float().mean()` gives (an integer sum is exact in float32), so
+    a step pays no per-step reductions (~5 small ops, ~0.3 ms a step on this CPU: 0.02 of a VGG-1d run)."""
+
+    def __init__(self, acc_log: list):
+        self.acc_log = acc_log
+        self.kept: list[tuple[int, torch.Tensor, torch.Tensor]] = []  # (index into acc_log, logits, labels)
+
+    def keep(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.kept.append((len(self.acc_log), logits.detach(), labels))
+        self.acc_log.append(None)
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        if not self.kept:
+            return
+        sizes = [labels.shape[0] for _, _, labels in self.kept]
+        correct = _correct(torch.cat([logits for _, logits, _ in self.kept]),
+                           torch.cat([labels for _, _, labels in self.kept]))
+        counts = torch.stack([part.sum() for part in correct.split(sizes)])
+        accuracies = (counts.float() / torch.tensor(sizes, dtype=torch.float32, device=counts.device)).tolist()
+        for (index, _, _), accuracy in zip(self.kept, accuracies):
+            self.acc_log[index] = accuracy
+        self.kept.clear()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy) -> tuple[float, float]:
     """(mean loss, accuracy) on a whole split in eval() mode (BN running statistics).
@@ -325,6 +355,7 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
         test_log["loss"].append(loss)
         test_log["acc"].append(acc if task.classifies else None)
 
+    accuracy = _PendingAccuracy(train_log["acc"])
     bar = tqdm(range(state.next_step, steps), desc=spec.run_id, disable=not progress, initial=state.next_step,
                total=steps)
     for step in bar:
@@ -350,8 +381,10 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
             with clock.phase("log"):
                 train_log["step"].append(step)
                 train_log["loss"].append(loss_value)
-                train_log["acc"].append(_correct(logits.detach(), yb).float().mean().item() if task.classifies
-                                        else None)
+                if task.classifies:
+                    accuracy.keep(logits, yb)
+                else:
+                    train_log["acc"].append(None)
         if not finite:
             diverged_at = step
             break
@@ -374,10 +407,13 @@ def train_model(spec: RunSpec, progress: bool = True, checkpoint: Path | None = 
         if checkpoint_every and steps_done % checkpoint_every == 0 and steps_done < steps:
             at = dataclasses.replace(state, next_step=steps_done, wall_s=state.wall_s + time.perf_counter() - started)
             with clock.phase("checkpoint"):
+                accuracy.flush()
                 _save_checkpoint(checkpoint, spec, task, optimizer, probes, at)
         if progress and step % log_every == 0:
             bar.set_postfix(loss=f"{loss_value:.3g}")
     bar.close()
+    with clock.phase("log"):
+        accuracy.flush()
 
     with clock.phase("eval"):
         if not test_log["step"] or test_log["step"][-1] != steps_done:  # a divergence may land on an eval step

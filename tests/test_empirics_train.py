@@ -275,3 +275,22 @@ def test_a_checkpoint_of_another_run_is_ignored(tmp_path, monkeypatch):
     history = train_run(spec, tmp_path / "run", progress=False)
     assert history["resumed_at"] == [] and history["steps_done"] == 12
     assert history["train"] == strict_json(train_model(spec, progress=False).history["train"])
+
+
+def test_deferred_training_accuracies_equal_the_per_step_ones():
+    """The accuracies flushed together are each step's own float32 mean of `_correct`, bit for bit."""
+    generator = torch.Generator().manual_seed(3)
+    log: list = []
+    pending = train._PendingAccuracy(log)
+    expected = []
+    for size in (128, 128, 97, 128, 5):
+        logits = torch.randn(size, 10, generator=generator)
+        logits[0, 3] = float("nan") if size == 97 else logits[0, 3]  # a non-finite logit counts as wrong
+        labels = torch.randint(0, 10, (size,), generator=generator)
+        labels[: size // 2] = logits[: size // 2].argmax(dim=1)  # some right, some wrong
+        expected.append(train._correct(logits, labels).float().mean().item())
+        pending.keep(logits, labels)
+        if size == 97:
+            pending.flush()  # a checkpoint in between
+    pending.flush()
+    assert log == expected

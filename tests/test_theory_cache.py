@@ -60,3 +60,26 @@ def test_disabled_cache_always_computes(cache_home, monkeypatch):
     for _ in range(2):
         cache.cached("kind", _normaliser(), lambda: calls.append(1))
     assert len(calls) == 2 and not cache_home.exists()
+
+
+def test_keyed_entries_are_served_for_the_same_key_only(cache_home):
+    calls = []
+    compute = lambda: calls.append(1) or None  # None (e.g. a formula mathtext cannot draw) is a result too
+    assert cache.cached_by_key("text", "version 1\nx^2", compute) is None
+    assert cache.cached_by_key("text", "version 1\nx^2", compute) is None
+    assert len(calls) == 1
+    assert cache.cached_by_key("text", "version 2\nx^2", lambda: "other") == "other"
+    assert len(list(cache_home.glob("text-*.pkl"))) == 2
+
+
+def test_report_formulas_are_drawn_once_across_processes(cache_home, monkeypatch):
+    from verify import document
+
+    drawn = []
+    real = document._draw_math
+    monkeypatch.setattr(document, "_draw_math", lambda source, size: drawn.append(source) or real(source, size))
+    first = document.mathtext_svg(r"\frac{a}{b} \le 1", 12.0)
+    document.mathtext_svg.cache_clear()  # a fresh process: only the disk remembers
+    assert document.mathtext_svg(r"\frac{a}{b} \le 1", 12.0) == first is not None
+    assert drawn == [r"\frac{a}{b} \leq 1"]
+    document.mathtext_svg.cache_clear()

@@ -45,7 +45,18 @@ def cached(kind: str, normaliser, compute: Callable[[], T]) -> T:
     """compute(), or its earlier result for the same inputs and code; stores new results atomically."""
     if os.environ.get("NORMCHECK_NO_CACHE") == "1":
         return compute()
-    path = cache_dir() / f"{kind}-{normaliser.name}-{_source_digest(normaliser)}.pkl"
+    return _stored(cache_dir() / f"{kind}-{normaliser.name}-{_source_digest(normaliser)}.pkl", compute)
+
+
+def cached_by_key(kind: str, key: str, compute: Callable[[], T]) -> T:
+    """compute(), or its earlier result for the same `key`: a text naming everything the result depends on
+    (e.g. a library version and the input), for results outside the theory package (the report's formulas)."""
+    if os.environ.get("NORMCHECK_NO_CACHE") == "1":
+        return compute()
+    return _stored(cache_dir() / f"{kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}.pkl", compute)
+
+
+def _stored(path: Path, compute: Callable[[], T]) -> T:
     if path.exists():
         try:
             with path.open("rb") as file:

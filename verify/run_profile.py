@@ -26,6 +26,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import torch
+
 from empirics import activations, curvature, filter_landscape, ics, landscape, sharpness, train, weight_bounds
 from empirics.config import PRESETS, Norm, RunSpec
 from empirics.experiments import run_specs
@@ -103,6 +105,9 @@ def profile_run(preset: str, norm: Norm, now: Callable[[], float]) -> dict:
 
 def run_figures(preset: str, now: Callable[[], float]) -> dict:
     """`run_overhead_<norm>` per kind of RUN_KINDS: the ratio, its breakdown and a note naming the largest parts."""
+    # torch.optim's first optimiser in a process imports torch._dynamo (~2 s here): a worker pays it once, not per
+    # run, so it is paid here before the first profiled run instead of inside it
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     figures = {}
     for norm in RUN_KINDS:
         run = profile_run(preset, norm, now)

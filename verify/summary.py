@@ -127,8 +127,10 @@ def claim_row(record: dict) -> ClaimRow:
         several = len(ratios) > 1
         text = "; ".join((f"{label}: " if several else "") + interval_short(r["interval"]) for label, r in ratios)
         return ClaimRow(measured=text, seeds=_seeds([r["interval"] for _, r in ratios]), whole=text, **common)
+    # a claim decided without ratios (a rank correlation) may give the table a shorter cell than its headline
     text = str(measured.get("headline") or "—")
-    return ClaimRow(measured=text, seeds="", whole=text, **common)
+    seeds = _seeds([{"n": n} for n in measured.get("seeds") or []])
+    return ClaimRow(measured=str(measured.get("short") or text), seeds=seeds, whole=text, **common)
 
 
 def claim_rows(results: dict) -> list[ClaimRow]:
