@@ -123,10 +123,10 @@ def dln(config: ExperimentConfig) -> list[RunSpec]:
 def norms_measured(config: ExperimentConfig) -> tuple[Norm, ...]:
     """The norms experiment's normalisers: config.norms_normalisers, or every registered one now (the registry
     with the --normaliser-file normalisers), in registration order."""
-    return tuple(config.norms_normalisers) or tuple(Norm(name) for name in REGISTRY if not _batchnorm_twin(name))
+    return tuple(config.norms_normalisers) or tuple(Norm(name) for name in REGISTRY if not batchnorm_twin(name))
 
 
-def _batchnorm_twin(name: str) -> bool:
+def batchnorm_twin(name: str) -> bool:
     """Another name for BatchNorm itself: the same formula over the same axis (l2 normalisation), so its network
     is BatchNorm's, bit for bit, and BatchNorm's runs stand for it."""
     normaliser, batchnorm = REGISTRY[name], REGISTRY[Norm.BATCHNORM.value]

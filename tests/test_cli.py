@@ -68,6 +68,10 @@ def test_smoke_pipeline_writes_every_output_and_they_parse(tmp_path):
     thm41 = [c for c in results["checks"] if c["claim"] == "thm4.1"]
     assert thm41 and sum(c["n_checked"] for c in thm41) > 0
     assert sum(c["n_violations"] for c in thm41) == 0
+    # l2 (BatchNorm's formula over its axis) is checked with its own bounds on BatchNorm's networks
+    by_normaliser = {n: sum(c["n_checked"] for c in thm41 if c["normaliser"] == n) for n in ("batchnorm", "lp2")}
+    assert by_normaliser["lp2"] == by_normaliser["batchnorm"] > 0
+    assert {c.get("measured_on") for c in thm41 if c["normaliser"] == "lp2"} == {"batchnorm"}
     assert results["timings"]["total_s"] > 0
     assert {"torch", "device", "dtype", "git_revision"} <= set(results["environment"])
     html = (out / "report.html").read_text()

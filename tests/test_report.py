@@ -412,3 +412,19 @@ def test_bound_rows_use_one_median_and_one_ratio_format():
                            "worst_ratio": 1 + 1e-8, "median_ratio": m} for m in (1 - 7e-9, 1 - 6e-9, 1 - 5e-9)]}
     (row,) = summary.bound_rows(results)
     assert row.median == figures.format_ratio(1 - 6e-9) and row.n_checked == 30
+
+
+def test_a_normaliser_measured_on_another_ones_networks_says_so():
+    """l2 is checked on BatchNorm's networks (the same function): its cell counts those rows and names them."""
+    from verify.report.statements import matrix_section
+
+    theory = {"batchnorm": {"thm4.1": {"status": "proved"}},
+              "lp2": {"thm4.1": {"status": "proved", "same_statement_as": "batchnorm"}}}
+    checks = [_check_record("thm4.1", 0, 0, "proved"),
+              {**_check_record("thm4.1", 0, 0, "proved"), "normaliser": "lp2", "measured_on": "batchnorm"}]
+    results = {"theory": theory, "checks": checks}
+    cell = summary.statement_matrix(results).cell("thm4.1", "lp2")
+    assert (cell.measured, cell.measured_on) == ("0/1,234", "batchnorm")
+    assert summary.statement_matrix(results).cell("thm4.1", "batchnorm").measured_on == ""
+    text = render_markdown(matrix_section(results))
+    assert "lp2 is measured on batchnorm's networks" in text

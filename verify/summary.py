@@ -159,6 +159,7 @@ class BoundRow:
     n_violations: int
     worst_ratio: float | None
     median_ratio: float | None  # the median of the records' median ratios
+    measured_on: str = ""  # the normaliser whose networks were measured, where not its own (l2: BatchNorm's)
 
     @property
     def bug(self) -> bool:
@@ -197,7 +198,8 @@ def bound_rows(results: dict) -> list[BoundRow]:
         rows.append(BoundRow(normaliser, statement, _status(results, normaliser, statement, records), len(records),
                              sum(int(r.get("n_checked") or 0) for r in records),
                              sum(int(r.get("n_violations") or 0) for r in records),
-                             max(worst) if worst else None, statistics.median(medians) if medians else None))
+                             max(worst) if worst else None, statistics.median(medians) if medians else None,
+                             str(records[0].get("measured_on") or "")))
     return rows
 
 
@@ -264,6 +266,7 @@ class MatrixCell:
     evidence: str  # the first line of the evidence, for hover
     bug: bool = False
     same_as: str = ""  # the normaliser whose identical statement this repeats
+    measured_on: str = ""  # the normaliser whose networks were measured, where not its own
 
     @property
     def text(self) -> str:
@@ -299,7 +302,8 @@ def statement_matrix(results: dict) -> StatementMatrix:
             same = owner.get((statement, normaliser), normaliser)
             cells[(statement, normaliser)] = MatrixCell(
                 status, f"{row.n_violations:,}/{row.n_checked:,}" if row else "—",
-                first_line((record or {}).get("evidence")), bool(row and row.bug), "" if same == normaliser else same)
+                first_line((record or {}).get("evidence")), bool(row and row.bug), "" if same == normaliser else same,
+                row.measured_on if row else "")
     return StatementMatrix(tuple(statements_of(results)), tuple(normalisers_of(results)), cells)
 
 

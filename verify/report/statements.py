@@ -56,16 +56,21 @@ def matrix_section(results: dict) -> list[Block]:
             if not cell.status:
                 row.append("")
                 continue
-            note = f"{statement} ({normaliser}): {cell.status}; measured violations/rows {cell.measured}; " \
+            note = f"{statement} ({normaliser}): {cell.status}; measured violations/rows {cell.measured}" \
+                   + (f" on {cell.measured_on}'s networks (the same function)" if cell.measured_on else "") + "; " \
                    + (f"same statement as {cell.same_as}; " if cell.same_as else "") + cell.evidence
             label = f"{GLYPHS.get(cell.status, cell.status)} {cell.measured}" + (" BUG" if cell.bug else "")
             row.append(StatusBadge(cell.status, label, note, anchors.get((statement, normaliser), "")))
         rows.append(row)
     legend = "; ".join(f"{mark} {status}" for status, mark in GLYPHS.items())
+    hosted = sorted({(n, c.measured_on) for (_, n), c in matrix.cells.items() if c.measured_on})
+    hosts = "".join(f" {n} is measured on {host}'s networks, which compute its function bit for bit (its own "
+                    "bounds, their measurements)." for n, host in hosted)
     return [Heading(2, MATRIX_HEADING), Paragraph(parts(
         f"Status of each statement as derived symbolically ({legend}; any other status is written out), then "
         "measured violations / rows checked on the trained networks (— where the statement is not measured for "
-        "that normaliser). Hover a cell for its evidence; click it for the derivation, shown once per formula.")),
+        "that normaliser). Hover a cell for its evidence; click it for the derivation, shown once per formula."
+        + hosts)),
         table(["statement", *matrix.normalisers], rows, kind="matrix")]
 
 
