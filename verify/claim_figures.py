@@ -1,7 +1,8 @@
 """One figure per empirical claim. A compared probe metric: the deciding metric of each run against training step and
 against training loss, so a reader sees the convergence confound the matched-progress axis removes; a claim decided
 by one number per run (steps to threshold, final loss, drift): its seed pairs' ratios with the interval and the
-threshold (`ratio_figure`). Reads only.
+threshold (`ratio_figure`); a claim that counts which runs train: their training curves (`curves_figure`); a claim
+decided by a rank correlation: its probes' scatter (`scatter_figure`). Reads only.
 
 Inputs: `DIR/results.json` (the claims and the runs that belong to the report) and the runs' probes.
 Outputs: `DIR/figures/claim__<claim id>.png`, one row per compared learning rate (or normaliser):
@@ -24,10 +25,11 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from verify import progress
-from verify.effects import metric_named, pairs
+from verify.effects import metric_named, pairs, select
 from verify.figures import DPI, figures_dir, norm_colour, save_png, suptitle
 from verify.paper_figures import load_report_runs
 from verify.statistics import interval_text
+from verify.training import ACCURACY_THRESHOLD, SMOOTHING_POINTS
 from verify.summary import ratio_records, comparisons_of
 
 NAMES = {"none": "standard", "batchnorm": "BN"}
@@ -86,10 +88,7 @@ def claim_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
     fig.legend(handles=[Line2D([], [], color=norm_colour(n, all_norms), marker="o", label=NAMES.get(n, n))
                         for n in all_norms], loc="outside lower center", ncols=len(all_norms), fontsize=8)
     suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']} One line per seed.", fontsize=10)
-    path = figures_dir(out_dir) / f"claim__{record['id']}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path)
-    return [path]
+    return _save(fig, out_dir, record)
 
 
 def _threshold(text: str) -> tuple[str, float] | None:
@@ -146,10 +145,90 @@ def ratio_figure(out_dir: Path, record: dict) -> list[Path]:
                         Line2D([], [], color="#2ca02c", alpha=0.3, linewidth=6, label="the paper's side")],
                loc="outside lower center", ncols=2, fontsize=8)
     suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']}", fontsize=10)
+    return _save(fig, out_dir, record)
+
+
+def _save(fig: Figure, out_dir: Path, record: dict) -> list[Path]:
     path = figures_dir(out_dir) / f"claim__{record['id']}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(fig, path)
     return [path]
+
+
+def curves_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
+    """The figure of a claim that counts which runs train (its measured `curves`: kind, lr, norms): every such
+    run's training-batch accuracy (mean of `training.SMOOTHING_POINTS` logged points, as the threshold reads it)
+    against step, one line per seed, with the accuracy threshold and chance."""
+    spec = (record.get("measured") or {}).get("curves")
+    groups = [(norm, select(runs, spec["kind"], norm, spec["lr"])) for norm in spec["norms"]] if spec else []
+    if not any(group for _, group in groups):
+        return []
+    fig = Figure(figsize=(9.0, 3.6), dpi=DPI, layout="constrained")
+    ax = fig.add_subplot()
+    norms = [norm for norm, _ in groups]
+    for norm, group in groups:
+        for run in group:
+            train = run["history"]["train"]
+            acc = np.asarray([np.nan if a is None else a for a in train["acc"]], dtype=np.float64)
+            if acc.size >= SMOOTHING_POINTS:
+                smooth = np.convolve(acc, np.ones(SMOOTHING_POINTS) / SMOOTHING_POINTS, mode="valid")
+                ax.plot(np.asarray(train["step"])[SMOOTHING_POINTS - 1:], smooth, color=norm_colour(norm, norms),
+                        alpha=0.6, linewidth=1)
+    ax.axhline(ACCURACY_THRESHOLD, color="#d62728", linestyle="--", linewidth=1)
+    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"training-batch accuracy\n(mean of {SMOOTHING_POINTS} logged steps)")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{spec['kind']}, {record['measured'].get('headline', '')}; verdict "
+                 f"{record.get('verdict', '')}", fontsize=8, loc="left")
+    fig.legend(handles=[*(Line2D([], [], color=norm_colour(n, norms), label=NAMES.get(n, n)) for n in norms),
+                        Line2D([], [], color="#d62728", linestyle="--", label=f"threshold {ACCURACY_THRESHOLD:g}"),
+                        Line2D([], [], color="grey", linestyle=":", label="chance")],
+               loc="outside lower center", ncols=len(norms) + 2, fontsize=8)
+    suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']} One line per seed.", fontsize=10)
+    return _save(fig, out_dir, record)
+
+
+def scatter_figure(out_dir: Path, record: dict) -> list[Path]:
+    """The figure of a claim decided by a rank correlation (its measured `scatter` names the axes): per compared
+    model and learning rate, every probe's (x, y) of its `points`, by network, log-log, with the line y = x."""
+    measured = record.get("measured") or {}
+    axes_names = measured.get("scatter")
+    panels = [(key, value) for key, value in measured.items() if isinstance(value, dict) and value.get("points")]
+    if not axes_names or not panels:
+        return []
+    fig = Figure(figsize=(3.4 * len(panels) + 0.6, 3.9), dpi=DPI, layout="constrained")
+    grid = fig.subplots(1, len(panels), squeeze=False)[0]
+    norms = sorted({n for _, v in panels for n in v["points"]}, key=lambda n: (n != "none", n))
+    for ax, (key, value) in zip(grid, panels):
+        xy = np.asarray([p for points in value["points"].values() for p in points], dtype=np.float64).reshape(-1, 2)
+        for norm, points in value["points"].items():
+            if points:
+                data = np.asarray(points, dtype=np.float64)
+                ax.scatter(data[:, 0], data[:, 1], color=norm_colour(norm, norms), s=14, alpha=0.75)
+        positive = xy[(xy > 0).all(axis=1)]
+        if positive.size:
+            low, high = positive.min() / 1.3, positive.max() * 1.3
+            ax.plot([low, high], [low, high], color="grey", linestyle=":", linewidth=1)
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(low, high)  # the same log range on both: y = x is the diagonal
+            ax.set_ylim(low, high)
+            ax.tick_params(which="both", labelsize=6.5)
+        ci = value.get("ci")
+        rho = value.get("rho")
+        ax.set_title("\n".join(textwrap.wrap(
+            f"{key.replace('=', ' ')}: rho {rho:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+            + f", paper's side {value.get('threshold', '')}; {value.get('verdict', '')}", 44)), fontsize=8, loc="left")
+        ax.set_xlabel(axes_names["x"], fontsize=8)
+        ax.set_ylabel(axes_names["y"], fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.legend(handles=[*(Line2D([], [], color=norm_colour(n, norms), marker="o", linestyle="", label=NAMES.get(n, n))
+                          for n in norms), Line2D([], [], color="grey", linestyle=":", label="y = x")],
+               loc="outside lower center", ncols=len(norms) + 1, fontsize=8)
+    suptitle(fig, f"{record['id']} ({record['figure']}): {record['statement']} One dot per probe.", fontsize=10)
+    return _save(fig, out_dir, record)
 
 
 def claim_figures(out_dir: Path, only: int | None = None) -> list[Path]:
@@ -161,7 +240,9 @@ def claim_figures(out_dir: Path, only: int | None = None) -> list[Path]:
     if only is not None:
         records = records[only:only + 1]
     runs = load_report_runs(out_dir)
-    return [path for record in records for path in (claim_figure(out_dir, runs, record) or ratio_figure(out_dir, record))]
+    return [path for record in records for path in (claim_figure(out_dir, runs, record) or ratio_figure(out_dir, record)
+                                                     or curves_figure(out_dir, runs, record)
+                                                     or scatter_figure(out_dir, record))]
 
 
 def drawing_jobs(out_dir: Path) -> list[tuple]:

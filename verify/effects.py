@@ -222,7 +222,9 @@ def bn_high_lr(runs: Runs) -> tuple[str, dict]:
                 "bn_reached_threshold": bn_reaches,
                 "none_final_train_acc": spread([r["history"]["final_train_acc"] for r in none]),
                 "none_diverged": sum(r["history"]["diverged_at"] is not None for r in none),
-                "bn_steps_to_threshold": steps_summary(bn)}
+                "bn_steps_to_threshold": steps_summary(bn),
+                # the runs the counts are of, drawn as training curves (verify.claim_figures.curves_figure)
+                "curves": {"kind": "vgg1d", "lr": lr, "norms": ["none", "batchnorm"]}}
     measured["headline"] = (f"lr {lr:g}: none trains in {none_trains} of {len(none)} seeds (final accuracy "
                             f"{measured['none_final_train_acc']['mean']:.3f}); BN reaches the threshold in "
                             f"{bn_reaches} of {len(bn)}")

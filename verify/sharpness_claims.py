@@ -159,7 +159,7 @@ def beta_tracks_sharpness(runs: Runs) -> tuple[str, dict]:
     for kind in KINDS:
         for lr in lrs_of(runs, kind, ("none", "batchnorm")):
             by_seed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-            per_network = {}
+            per_network, points = {}, {}
             for norm in ("none", "batchnorm"):
                 xs, ys = [], []
                 for run in select(runs, kind, norm, lr):
@@ -175,14 +175,17 @@ def beta_tracks_sharpness(runs: Runs) -> tuple[str, dict]:
                 ratio = ratio[np.isfinite(ratio) & (y > 0)]
                 per_network[norm] = {"rho": spearman(x, y), "points": int(x.size),
                                      "beta_over_lambda_median": float(np.median(ratio)) if ratio.size else None}
+                points[norm] = [[float(b), float(lam)] for b, lam in zip(x, y)]
             record = rho_interval(by_seed)
             if record["points"] == 0:
                 continue
             record.update(kind=kind, lr=lr, per_network=per_network, threshold=f"> {RANK_TRACKING:g}",
-                          verdict=_decide_rho(record))
+                          verdict=_decide_rho(record), points=points)
             measured[f"{kind} lr={lr:g}"] = record
             verdicts.append(record["verdict"])
     records = dict(measured)
+    # the (x, y) of every record's `points`, drawn per record (verify.claim_figures.scatter_figure)
+    measured["scatter"] = {"x": "effective beta along -g (landscape probe)", "y": "raw lambda_max (sharpness probe)"}
     measured["headline"] = "; ".join(
         f"{key.replace('=', ' ')}: {_rho_text(v)}; beta / lambda_max median "
         + ", ".join(f"{'BN' if n == 'batchnorm' else 'standard'} {p['beta_over_lambda_median']:.2g}"

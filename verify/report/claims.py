@@ -47,8 +47,10 @@ def claim_figures_section(results: dict, out_dir: Path, paths: list[Path]) -> li
                                         f"{r.id} ({r.figure}): {r.verdict}; {r.measured}") for r in shown),
                       anchor=FIGURES_ANCHOR)
     blocks: list[Block] = [Heading(2, "Figures of the claims"), Paragraph(parts(
-        "The deciding metric of every run against training step (left) and against training loss (right); "
-        "one line per seed, the paper's expected direction marked.")), grid]
+        "A claim decided by a probe metric: that metric of every run against training step (left) and against "
+        "training loss (right), one line per seed. One decided by one number per run: the seed pairs' ratios with "
+        "their interval and the threshold. One that counts which runs train: their training curves. A rank "
+        "correlation: its probes' scatter. The paper's expected side is marked where there is one.")), grid]
     if missing:
         blocks.append(Paragraph(parts(f"No figure for {', '.join(missing)} (nothing measured to draw).")))
     return blocks
