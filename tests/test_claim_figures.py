@@ -35,7 +35,7 @@ def test_a_counting_claim_is_drawn_as_the_training_curves_it_counts(tmp_path):
 
 def test_a_rank_correlation_claim_is_drawn_as_its_probes_scatter(tmp_path):
     points = {"none": [[1.0, 2.0], [3.0, 5.0], [10.0, 9.0]], "batchnorm": [[0.5, 0.7], [2.0, 2.5], [4.0, 3.0]]}
-    measured = {"vgg1d lr=0.1": {"rho": 0.9, "ci": [0.5, 1.0], "seeds": 3, "points": points, "threshold": "> 0.5",
+    measured = {"vgg1d lr=0.1": {"rho": 0.9, "ci": [0.5, 1.0], "seeds": 3, "points": 6, "xy": points, "threshold": "> 0.5",
                                  "verdict": "reproduced"},
                 "headline": "h", "short": "s", "seeds": [3], "scatter": {"x": "beta", "y": "lambda"}}
     record = {"id": "beta-tracks-sharpness", "figure": "extension", "statement": "s.", "verdict": "reproduced",
@@ -55,6 +55,6 @@ def test_the_rank_correlation_records_keep_the_points_they_rank():
     runs = [run(norm, seed, [1.0 + seed, 2.0 + seed, 4.0]) for norm in ("none", "batchnorm") for seed in range(3)]
     _, measured = sharpness_claims.beta_tracks_sharpness(runs)
     record = measured["vgg1d lr=0.1"]
-    assert sorted(map(tuple, record["points"]["none"])) == sorted(
+    assert sorted(map(tuple, record["xy"]["none"])) == sorted(
         (b, 2 * b) for seed in range(3) for b in (1.0 + seed, 2.0 + seed, 4.0))
     assert measured["scatter"]["y"].startswith("raw lambda_max")

@@ -192,18 +192,18 @@ def curves_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
 
 def scatter_figure(out_dir: Path, record: dict) -> list[Path]:
     """The figure of a claim decided by a rank correlation (its measured `scatter` names the axes): per compared
-    model and learning rate, every probe's (x, y) of its `points`, by network, log-log, with the line y = x."""
+    model and learning rate, every probe's (x, y) of its `xy`, by network, log-log, with the line y = x."""
     measured = record.get("measured") or {}
     axes_names = measured.get("scatter")
-    panels = [(key, value) for key, value in measured.items() if isinstance(value, dict) and value.get("points")]
+    panels = [(key, value) for key, value in measured.items() if isinstance(value, dict) and value.get("xy")]
     if not axes_names or not panels:
         return []
     fig = Figure(figsize=(3.4 * len(panels) + 0.6, 3.9), dpi=DPI, layout="constrained")
     grid = fig.subplots(1, len(panels), squeeze=False)[0]
-    norms = sorted({n for _, v in panels for n in v["points"]}, key=lambda n: (n != "none", n))
+    norms = sorted({n for _, v in panels for n in v["xy"]}, key=lambda n: (n != "none", n))
     for ax, (key, value) in zip(grid, panels):
-        xy = np.asarray([p for points in value["points"].values() for p in points], dtype=np.float64).reshape(-1, 2)
-        for norm, points in value["points"].items():
+        xy = np.asarray([p for points in value["xy"].values() for p in points], dtype=np.float64).reshape(-1, 2)
+        for norm, points in value["xy"].items():
             if points:
                 data = np.asarray(points, dtype=np.float64)
                 ax.scatter(data[:, 0], data[:, 1], color=norm_colour(norm, norms), s=14, alpha=0.75)

@@ -180,11 +180,11 @@ def beta_tracks_sharpness(runs: Runs) -> tuple[str, dict]:
             if record["points"] == 0:
                 continue
             record.update(kind=kind, lr=lr, per_network=per_network, threshold=f"> {RANK_TRACKING:g}",
-                          verdict=_decide_rho(record), points=points)
+                          verdict=_decide_rho(record), xy=points)
             measured[f"{kind} lr={lr:g}"] = record
             verdicts.append(record["verdict"])
     records = dict(measured)
-    # the (x, y) of every record's `points`, drawn per record (verify.claim_figures.scatter_figure)
+    # the (x, y) of every record's `xy`, drawn per record (verify.claim_figures.scatter_figure)
     measured["scatter"] = {"x": "effective beta along -g (landscape probe)", "y": "raw lambda_max (sharpness probe)"}
     measured["headline"] = "; ".join(
         f"{key.replace('=', ' ')}: {_rho_text(v)}; beta / lambda_max median "
