@@ -74,3 +74,20 @@ def test_offline_probe_catches_a_request_that_leaves_the_file(tmp_path):
                     "</body></html>")
     probe = browser.inspect_page(page, 800, HEIGHT)
     assert probe["blocked"] and probe["images"][0]["natural_width"] == 0
+
+
+def test_a_statement_matrix_of_many_normalisers_fits_a_narrow_page(tmp_path):
+    """The default report's widest table: nine normalisers whose cells read e.g. '✗ 213,640/218,624'."""
+    from verify.document import render_html
+    from verify.report.statements import matrix_section
+
+    names = ["batchnorm", "groupnorm", "layernorm", "lp1", "lp2", "lpinf", "rmsnorm", "weightnorm", "centering"]
+    statements = ["factC.1", "thm4.1", "thm4.1-printed", "thm4.4-per-layer", "thm4.1-reduction"]
+    theory = {n: {s: {"status": "refuted" if "printed" in s else "proved"} for s in statements} for n in names}
+    checks = [{"claim": s, "normaliser": n, "layer": 0, "lr": 0.1, "n_checked": 218624, "n_violations": 213640,
+               "worst_ratio": 2.0, "median_ratio": 1.0, "status": theory[n][s]["status"]} for n in names for s in statements]
+    page = tmp_path / "matrix.html"
+    page.write_text(render_html(matrix_section({"theory": theory, "checks": checks}), tmp_path))
+    for width in WIDTHS:
+        probe = browser.inspect_page(page, width, HEIGHT)
+        assert probe["scroll_width"] <= probe["client_width"], (width, probe["overflowing"][:5])

@@ -352,7 +352,8 @@ def _html_inline(items: tuple[Inline, ...]) -> str:
         elif isinstance(item, StatusBadge):
             kind = re.sub(r"[^a-z0-9-]", "", item.status.lower())
             title = f' title="{html.escape(item.note)}"' if item.note else ""
-            badge = f'<span class="status status-{kind}"{title}>{html.escape(item.text)}</span>'
+            # a break opportunity after each "/" (violations/rows), taken only where a narrow page needs it
+            badge = f'<span class="status status-{kind}"{title}>{html.escape(item.text).replace("/", "/<wbr>")}</span>'
             out.append(f'<a class="badge-link" href="#{html.escape(item.target)}">{badge}</a>' if item.target
                        else badge)
         elif isinstance(item, Math):
@@ -379,6 +380,8 @@ table.matrix{font-size:.8em}
 table.claims{font-size:.82em}
 table.claims td:nth-child(4),table.claims td:nth-child(5){white-space:nowrap}
 table.matrix td,table.matrix th{padding:.2em .45em;text-align:center;white-space:nowrap;overflow-wrap:normal}
+@media (max-width:1000px){table.matrix{font-size:.74em}table.matrix td,table.matrix td .status{white-space:normal}
+ table.matrix td,table.matrix th{padding:.2em .25em}table.matrix td .status{padding:0 .3em}}
 table.matrix td:first-child{text-align:left}
 a.badge-link{text-decoration:none}
 details{margin:.6em 0;border:1px solid #d0d7de;border-radius:6px;padding:.3em .9em}
