@@ -33,6 +33,14 @@ from verify.training import ACCURACY_THRESHOLD, SMOOTHING_POINTS
 from verify.summary import ratio_records, comparisons_of
 
 NAMES = {"none": "standard", "batchnorm": "BN"}
+CHANCE = 0.1  # accuracy at chance: every classification dataset here has ten classes (mnist1d, digits, CIFAR-10)
+
+
+def _save(fig: Figure, out_dir: Path, record: dict) -> list[Path]:
+    path = figures_dir(out_dir) / f"claim__{record['id']}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(fig, path)
+    return [path]
 
 
 def _draw_runs(ax_step, ax_loss, group: list[dict], metric, colour: str) -> None:
@@ -148,13 +156,6 @@ def ratio_figure(out_dir: Path, record: dict) -> list[Path]:
     return _save(fig, out_dir, record)
 
 
-def _save(fig: Figure, out_dir: Path, record: dict) -> list[Path]:
-    path = figures_dir(out_dir) / f"claim__{record['id']}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(fig, path)
-    return [path]
-
-
 def curves_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
     """The figure of a claim that counts which runs train (its measured `curves`: kind, lr, norms): every such
     run's training-batch accuracy (mean of `training.SMOOTHING_POINTS` logged points, as the threshold reads it)
@@ -175,7 +176,7 @@ def curves_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
                 ax.plot(np.asarray(train["step"])[SMOOTHING_POINTS - 1:], smooth, color=norm_colour(norm, norms),
                         alpha=0.6, linewidth=1)
     ax.axhline(ACCURACY_THRESHOLD, color="#d62728", linestyle="--", linewidth=1)
-    ax.axhline(0.1, color="grey", linestyle=":", linewidth=1)
+    ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"training-batch accuracy\n(mean of {SMOOTHING_POINTS} logged steps)")
