@@ -157,7 +157,9 @@ def test_the_norms_experiment_trains_every_registered_normaliser_with_both_refer
     only = validate(override(config, "norms_normalisers=rmsnorm"))
     assert norms_measured(only) == (Norm.RMSNORM,)
     norms_runs = [s for s in plan(only) if s.norm is Norm.RMSNORM]
-    assert len(norms_runs) == 1 and norms_runs[0].probes.landscape_every  # one seed, landscape probes
+    assert len(norms_runs) == config.norms_seeds == 2  # two seeds of the normaliser alone
+    assert [s.seed for s in norms_runs] == list(config.train.seeds[:2]) and all(s.probes.landscape_every
+                                                                                for s in norms_runs)
 
 
 def test_no_module_but_the_theory_registry_lists_normaliser_names():

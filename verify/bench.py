@@ -32,9 +32,8 @@ inputs and 10 classes: no data set needed). Inputs are random: the cost of every
 depend on the values. Targets are issues 7's and 15's, for a 2-core CPU at the default size (hvp: 2.5 on a
 CPU, 3 on a GPU).
 
-Measured and not adopted (issue 15): training the seeds of a run in lockstep, torch.func.vmap over 5 stacked
-VGG-1d models, took 100 ms against 77 ms for the 5 models in sequence without BN and 183 ms against 100 ms
-with BN per 5 steps on this CPU: batching seeds does not pay here (NOTES in bench.json).
+Measured and not adopted where it is above 1 (issue 15): training the seeds of a run in lockstep, the
+lockstep_<model>_<norm> figures of `verify.bench_steps`.
 """
 
 from __future__ import annotations
@@ -83,9 +82,6 @@ TARGETS = {"capture_overhead": 1.10, "capture_disabled": 1.02, "probe_point_unba
 DEVICE_TARGETS = {"cuda": {"hvp": 3.0}}  # where a device's target differs from TARGETS (the CPU's)
 PROBED_STEP_SLACK = 1.2
 VGG1D_SIZES = ("smoke", "default")  # the sizes whose model is the presets' VGG-1d: step and run figures
-NOTES = ("Seeds in lockstep (torch.func.vmap over 5 stacked VGG-1d models), measured on the 2-core CPU for "
-         "issue 15: 100 ms against 77 ms in sequence without BN, 183 ms against 100 ms with BN, per 5 steps; "
-         "not adopted.",)
 
 
 # ---------------------------------------------------------------- timing
@@ -477,7 +473,7 @@ def run_bench(size: str, device: torch.device, out_dir: Path | None, repeats: in
     result = {"schema": SCHEMA, "size": size, "machine": machine, "repeats": repeats, "warmup": warmup,
               "clock": "CUDA events" if device.type == "cuda" else "process CPU time",
               "load_average": {"before": load_before, "after": _load()}, "figures": figures,
-              "sync_in_plain_step": sync, "notes": list(NOTES)}
+              "sync_in_plain_step": sync}
     report(format_table(result))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

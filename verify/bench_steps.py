@@ -9,6 +9,10 @@
                      (foreach=False), on the BN network's gradients
     dln_step_<norm>  a full-batch GD step of the size's deep linear network (empirics.dln: norms.ColumnMajorLinear
                      layers, y = (W h^T)^T) / the same network with its layers back to nn.Linear (F.linear)
+    lockstep_<model>_<norm>  one SGD step of LOCKSTEP_SEEDS seeds trained in lockstep (torch.func.vmap of the
+                     gradient over their stacked parameters and buffers) / the same seeds' steps one after the other
+                     (issue 15: lockstep training is adopted only where this is below 1; the models are VGG-1d and
+                     the DLN, without a normaliser and with BatchNorm)
 
 The compared models share their initialisation and batch; the figure is the median of per-repetition
 ratios, as every ratio of the bench. Only the VGG-1d sizes (smoke, default) have these models; the DLN is the
@@ -28,6 +32,7 @@ import copy
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, grad, stack_module_state, vmap
 
 from empirics.config import PRESETS, Norm
 from empirics.dln import build_dln, dln_loss, synthetic_regression
@@ -39,6 +44,8 @@ from empirics.pooling import PairMaxPool1d
 LP_STEP_TARGET = 1.3  # issue 15, for a normaliser whose backward is derived
 LP_NORMS = (Norm.LP1, Norm.LPINF)
 DLN_NORMS = (Norm.NONE, Norm.BATCHNORM, Norm.LP1)  # the DLN runs of the default preset: none and BN, l1 (l-inf alike)
+LOCKSTEP_SEEDS = 5  # the default preset's seeds per compared configuration
+LOCKSTEP_NORMS = (Norm.NONE, Norm.BATCHNORM)
 
 
 def _stepper(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn=F.cross_entropy, lr: float = 0.1):
@@ -85,6 +92,48 @@ def _dln_figures(size: str, device: torch.device, paired, repeats: int, warmup: 
     return figures
 
 
+def _lockstep_stepper(models: list[nn.Module], x: torch.Tensor, y: torch.Tensor, loss_fn, lr: float):
+    """One plain SGD step of every model at once: the gradient of each model's loss on the shared batch, vmapped over
+    their stacked parameters and buffers (BatchNorm's running statistics update per model), then one fused update."""
+    params, buffers = stack_module_state(models)
+    template = copy.deepcopy(models[0]).to("meta")
+
+    def loss_of(p: dict, b: dict) -> torch.Tensor:
+        return loss_fn(functional_call(template, (p, b), (x,)), y)
+
+    gradients = vmap(grad(loss_of), randomness="error")
+
+    def step() -> None:
+        g = gradients(params, buffers)
+        with torch.no_grad():
+            torch._foreach_add_(list(params.values()), [g[name] for name in params], alpha=-lr)
+    step.state = (params, buffers)  # the stacked tensors it updates, for the test of its equality to own steps
+    return step
+
+
+def _lockstep_figures(size: str, device: torch.device, paired, repeats: int, warmup: int) -> dict:
+    config = PRESETS[size]
+    d, eps = config.dln, config.train.bn_eps
+    x_dln, target, _ = synthetic_regression(d.samples, d.width, seed=0)
+    x, y = _batch(size, device)
+    tasks = {"vgg1d": (lambda norm, seed: build_model(config.model, norm, eps,
+                                                      generator=torch.Generator().manual_seed(seed)),
+                       x, y, F.cross_entropy, config.train.lrs[0]),
+             "dln": (lambda norm, seed: build_dln(d.depth, d.width, norm_factory(norm, eps) or "none",
+                                                  generator=torch.Generator().manual_seed(seed)),
+                     x_dln.to(device), target.to(device), dln_loss, d.lrs[0])}
+    figures = {}
+    for kind, (build, inputs, labels, loss_fn, lr) in tasks.items():
+        for norm in LOCKSTEP_NORMS:
+            models = [build(norm, seed).to(device) for seed in range(LOCKSTEP_SEEDS)]
+            steppers = [_stepper(copy.deepcopy(model), inputs, labels, loss_fn, lr) for model in models]
+            lockstep = _lockstep_stepper(models, inputs, labels, loss_fn, lr)
+            figures[f"lockstep_{kind}_{norm.value}"] = {
+                **paired(lockstep, lambda steppers=steppers: [step() for step in steppers], repeats, warmup),
+                "note": f"{LOCKSTEP_SEEDS} {kind} {norm.value} seeds: one vmapped step / their steps in sequence"}
+    return figures
+
+
 def _sgd_figure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, paired, repeats: int, warmup: int) -> dict:
     model.zero_grad(set_to_none=True)
     F.cross_entropy(model(x), y).backward()  # one step's gradients, kept: only the updates are timed
@@ -104,7 +153,7 @@ def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def step_figures(size: str, device: torch.device, paired, repeats: int, warmup: int) -> dict:
-    """pool_step, lp_step_<norm>, noisy_step, sgd_update and dln_step_<norm> (module doc); `paired(candidate,
+    """pool_step, lp_step_<norm>, noisy_step, sgd_update, dln_step_<norm> and lockstep_<model>_<norm> (module doc); `paired(candidate,
     baseline, repeats, warmup)` is the bench's alternating ratio measurement."""
     x, y = _batch(size, device)
     batchnorm = _model(size, Norm.BATCHNORM, device)
@@ -136,4 +185,5 @@ def step_figures(size: str, device: torch.device, paired, repeats: int, warmup: 
                              "note": "noisy-BN step (Algorithm 1's draws in place, from the run's generator) / BN step"}
     figures["sgd_update"] = _sgd_figure(copy.deepcopy(batchnorm), x, y, paired, repeats, warmup)
     figures.update(_dln_figures(size, device, paired, repeats, warmup))
+    figures.update(_lockstep_figures(size, device, paired, repeats, warmup))
     return figures
