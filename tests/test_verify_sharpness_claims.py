@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.stats import rankdata
 
 from verify import effects
-from verify.sharpness_claims import RANK_TRACKING, rho_interval, spearman
+from verify.sharpness_claims import RANK_TRACKING, average_ranks, rho_interval, spearman
 from verify.statistics import INCONCLUSIVE, NOT_MEASURED, NOT_REPRODUCED, REPRODUCED
 from tests.test_verify_effects import SEEDS, make_run
 
@@ -100,3 +103,8 @@ def test_extension_claims_are_marked_and_their_metrics_resolve_for_the_figures()
     assert not records["lower-beta"]["extension"]
     for name in ("lambda_max", "lambda_eff", "hessian_trace"):
         assert effects.metric_named(name, make_run("none", 0.1)).table == "sharpness"
+
+
+@given(st.lists(st.sampled_from([-2.5, 0.0, 1e-300, 1.0, 3.0]) | st.floats(-1e6, 1e6), min_size=1, max_size=40))
+def test_average_ranks_are_scipys_average_ranks_ties_included(values):
+    np.testing.assert_array_equal(average_ranks(np.array(values)), rankdata(values))
