@@ -77,6 +77,13 @@ def test_steps_to_threshold_uses_a_running_mean_not_one_lucky_batch():
 
 def test_steps_to_threshold_ignores_non_finite_points():
     assert training.steps_to_threshold(_history([None] * 4 + [0.9] * 5), threshold=0.8) == 80
+    assert training.steps_to_threshold(_history([0.9] * 3), threshold=0.8) is None  # fewer points than a window
+
+
+def test_smoothed_accuracy_is_the_running_mean_the_threshold_reads():
+    steps, smooth = training.smoothed_accuracy(_history([0.1, 0.2, 0.3, 0.4, 0.5, None, 0.9]))
+    assert steps.tolist() == [40, 50, 60]
+    assert smooth[0] == pytest.approx(0.3) and np.isnan(smooth[1:]).all()  # a missing point spoils its windows
 
 
 # --- thm4.2, obs4.3 and thm4.4 on real measurement tables -------------------------------------------

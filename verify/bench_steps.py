@@ -153,8 +153,8 @@ def _batch(size: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def step_figures(size: str, device: torch.device, paired, repeats: int, warmup: int) -> dict:
-    """pool_step, lp_step_<norm>, noisy_step, sgd_update, dln_step_<norm> and lockstep_<model>_<norm> (module doc); `paired(candidate,
-    baseline, repeats, warmup)` is the bench's alternating ratio measurement."""
+    """pool_step, lp_step_<norm>, noisy_step, sgd_update, dln_step_<norm> and lockstep_<model>_<norm> (module doc);
+    `paired(candidate, baseline, repeats, warmup)` is the bench's alternating ratio measurement."""
     x, y = _batch(size, device)
     batchnorm = _model(size, Norm.BATCHNORM, device)
     native_pool = copy.deepcopy(batchnorm)

@@ -29,7 +29,7 @@ from verify.effects import metric_named, pairs, select
 from verify.figures import DPI, figures_dir, norm_colour, save_png, suptitle
 from verify.paper_figures import load_report_runs
 from verify.statistics import interval_text
-from verify.training import ACCURACY_THRESHOLD, SMOOTHING_POINTS
+from verify.training import ACCURACY_THRESHOLD, SMOOTHING_POINTS, smoothed_accuracy
 from verify.summary import ratio_records, comparisons_of
 
 NAMES = {"none": "standard", "batchnorm": "BN"}
@@ -169,12 +169,7 @@ def curves_figure(out_dir: Path, runs: list[dict], record: dict) -> list[Path]:
     norms = [norm for norm, _ in groups]
     for norm, group in groups:
         for run in group:
-            train = run["history"]["train"]
-            acc = np.asarray([np.nan if a is None else a for a in train["acc"]], dtype=np.float64)
-            if acc.size >= SMOOTHING_POINTS:
-                smooth = np.convolve(acc, np.ones(SMOOTHING_POINTS) / SMOOTHING_POINTS, mode="valid")
-                ax.plot(np.asarray(train["step"])[SMOOTHING_POINTS - 1:], smooth, color=norm_colour(norm, norms),
-                        alpha=0.6, linewidth=1)
+            ax.plot(*smoothed_accuracy(run["history"]), color=norm_colour(norm, norms), alpha=0.6, linewidth=1)
     ax.axhline(ACCURACY_THRESHOLD, color="#d62728", linestyle="--", linewidth=1)
     ax.axhline(CHANCE, color="grey", linestyle=":", linewidth=1)
     ax.set_ylim(0, 1.02)

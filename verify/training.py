@@ -13,14 +13,20 @@ ACCURACY_THRESHOLD = 0.8  # training accuracy that counts as "trained" for the s
 SMOOTHING_POINTS = 5
 
 
-def steps_to_threshold(history: dict, threshold: float = ACCURACY_THRESHOLD) -> int | None:
-    steps = history["train"]["step"]
+def smoothed_accuracy(history: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, accuracy): the mean of the last SMOOTHING_POINTS logged training-batch accuracies at each logged step
+    from the SMOOTHING_POINTS-th on; NaN where the window holds a missing or non-finite one."""
+    steps = np.asarray(history["train"]["step"])
     acc = np.array([np.nan if a is None else a for a in history["train"]["acc"]], dtype=np.float64)
-    for end in range(SMOOTHING_POINTS, len(acc) + 1):
-        window = acc[end - SMOOTHING_POINTS:end]
-        if np.all(np.isfinite(window)) and window.mean() >= threshold:
-            return int(steps[end - 1])
-    return None
+    if acc.size < SMOOTHING_POINTS:
+        return steps[:0], acc[:0]
+    return steps[SMOOTHING_POINTS - 1:], np.lib.stride_tricks.sliding_window_view(acc, SMOOTHING_POINTS).mean(axis=1)
+
+
+def steps_to_threshold(history: dict, threshold: float = ACCURACY_THRESHOLD) -> int | None:
+    steps, smooth = smoothed_accuracy(history)
+    reached = np.flatnonzero(smooth >= threshold)  # a NaN window compares False
+    return int(steps[reached[0]]) if reached.size else None
 
 
 def run_record(run: dict) -> dict:
