@@ -41,13 +41,22 @@ def _channel_rows(activations: torch.Tensor | np.ndarray) -> torch.Tensor:
     return tensor.movedim(1, 0).reshape(tensor.shape[1], -1).double()
 
 
-def _quantiles(sorted_values: torch.Tensor, levels) -> np.ndarray:
-    """NumPy's default ('linear') quantiles of already sorted values: interpolate at (n - 1) q."""
-    position = torch.tensor(levels, dtype=torch.float64, device=sorted_values.device) * (sorted_values.numel() - 1)
-    low = position.floor().long()
-    high = position.ceil().long()
-    fraction = position - low
-    return (sorted_values[low] + (sorted_values[high] - sorted_values[low]) * fraction).cpu().numpy()
+def _quantiles(values: torch.Tensor, levels) -> np.ndarray:
+    """NumPy's default ('linear') quantiles of 1-D finite values: interpolate between the order statistics at
+    floor and ceil of (n - 1) q. Only those order statistics are found: on a CPU by one np.partition on the
+    ranks needed (introselect; the same values a full sort puts there, measured ~7x cheaper than torch.sort of
+    a VGG-1d layer's 41k values), elsewhere by torch.sort on the device (no copy of the layer to the host)."""
+    position = np.asarray(levels, dtype=np.float64) * (values.numel() - 1)
+    low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
+    if values.device.type == "cpu":
+        ranks = np.unique(np.concatenate([low, high]))
+        ordered = np.partition(values.numpy(), ranks)
+        low_values, high_values = ordered[low], ordered[high]
+    else:
+        ordered = torch.sort(values).values
+        low_values, high_values = (ordered[torch.from_numpy(index).to(values.device)].cpu().numpy()
+                                   for index in (low, high))
+    return low_values + (high_values - low_values) * (position - low)
 
 
 def bin_edges_from(activations, bins: int = 64, coverage: float = 0.998, widen: float = 3.0) -> np.ndarray:
@@ -61,7 +70,7 @@ def bin_edges_from(activations, bins: int = 64, coverage: float = 0.998, widen: 
     if values.numel() == 0:
         raise ValueError("no finite activation to choose bin edges from; give explicit edges")
     tail = (1.0 - coverage) / 2.0
-    low, high = _quantiles(torch.sort(values).values, (tail, 1.0 - tail))
+    low, high = _quantiles(values, (tail, 1.0 - tail))
     reach = max(abs(low), abs(high))
     half_width = widen * reach if reach > 0 else 1.0
     return np.linspace(-half_width, half_width, bins + 1)
@@ -88,7 +97,7 @@ def summarize_activations(activations, bin_edges) -> dict:
         "nonfinite": int(values.numel() - finite.numel()),
         "mean": mean.cpu().numpy(),
         "var": var.cpu().numpy(),
-        "quantiles": (_quantiles(torch.sort(finite).values, QUANTILE_LEVELS) if finite.numel()
+        "quantiles": (_quantiles(finite, QUANTILE_LEVELS) if finite.numel()
                       else np.full(len(QUANTILE_LEVELS), np.nan)),
     }
 

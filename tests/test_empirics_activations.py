@@ -5,10 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from empirics.activations import (
     QUANTILE_LEVELS,
+    _quantiles,
     activation_summary,
     bin_edges_from,
     distribution_drift,
@@ -99,3 +102,28 @@ def test_modules_that_run_twice_are_rejected():
     model = nn.Sequential(layer, layer)
     with pytest.raises(RuntimeError, match="ran 2 times"):
         activation_summary(model, torch.zeros(2, 3), [layer], [0.0, 1.0])
+
+
+def _sorted_quantiles(values: torch.Tensor, levels) -> np.ndarray:
+    """The full-sort reference: linear interpolation between sorted values at floor / ceil of (n - 1) q."""
+    ordered = torch.sort(values).values
+    position = torch.tensor(levels, dtype=torch.float64) * (values.numel() - 1)
+    low, high = position.floor().long(), position.ceil().long()
+    return (ordered[low] + (ordered[high] - ordered[low]) * (position - low)).numpy()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False, width=32), min_size=1, max_size=300),
+       st.lists(st.floats(0.0, 1.0), min_size=1, max_size=9))
+def test_quantiles_by_selection_equal_the_full_sort_bit_for_bit(values, levels):
+    tensor = torch.tensor(values, dtype=torch.float64)  # ties and repeated values included by the strategy
+    selected = _quantiles(tensor, levels)
+    np.testing.assert_array_equal(selected, _sorted_quantiles(tensor, levels))
+    np.testing.assert_allclose(selected, np.quantile(np.asarray(values, dtype=np.float64), levels),
+                               rtol=1e-12, atol=1e-9)
+
+
+def test_layer_quantiles_match_numpy_on_a_real_sized_layer():
+    a = torch.randn(128, 8, 40, generator=torch.Generator().manual_seed(1))
+    s = summarize_activations(a, np.linspace(-4, 4, 9))
+    np.testing.assert_allclose(s["quantiles"], np.quantile(a.double().numpy().ravel(), QUANTILE_LEVELS), rtol=1e-12)
