@@ -58,7 +58,7 @@ def test_smoke_bench_writes_every_probe_figure_with_its_machine(smoke_bench):
     assert bench["size"] == "smoke" and "smoke" in SIZES
     assert set(bench["figures"]) == set(PROBE_FIGURES)
     _assert_figures_are_finite_and_positive(bench, PROBE_FIGURES)
-    for key in ("platform", "python", "torch", "device", "device_name", "threads", "cpu_count"):
+    for key in ("platform", "python", "torch", "device", "device_name", "cpu_model", "threads", "cpu_count"):
         assert key in bench["machine"], key
     assert bench["machine"]["threads"] == 1 and bench["clock"] == "process CPU time"
     assert bench["sync_in_plain_step"]["checked"] is False  # CPU: nothing to synchronise with

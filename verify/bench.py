@@ -408,12 +408,24 @@ def _verify_all_figure(size: str, device: torch.device) -> dict:
 # ---------------------------------------------------------------- the whole bench
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ...") from /proc/cpuinfo where there is one, else
+    what `platform` knows ("x86_64"): the ratios move from one CPU model to another (README, Performance)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _machine(device: torch.device) -> dict:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "device": device.type,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-            or platform.machine(), "threads": torch.get_num_threads()}
+            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "numpy": np.__version__, "device": device.type,
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+            "threads": torch.get_num_threads()}
 
 
 def _load() -> list[float] | None:

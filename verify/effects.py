@@ -448,9 +448,9 @@ def l1_best_dln(runs: Runs) -> tuple[str, dict]:
 
 def default_claims() -> tuple[EmpiricalClaim, ...]:
     above1, similar = Threshold("above", 1.0), Threshold("above", SIMILAR_OR_LARGER)
-    matched = ("none / BN ratio per seed pair at matched training loss and in the early window (both must lie "
-               "above 1 for reproduced, below 1 for not reproduced), at every learning rate where the standard "
-               "network trains")
+    matched = ("none / BN ratio per seed pair at matched training loss and in the early window (each axis with at "
+               f"least {MIN_SEEDS} seed pairs must lie above 1 for reproduced, below 1 for not reproduced; an axis "
+               "with fewer is shown and does not vote), at every learning rate where the standard network trains")
     return (
         EmpiricalClaim(
             "bn-faster", "Fig. 1", "BN networks train faster than standard ones at the same learning rate.",

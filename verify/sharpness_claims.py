@@ -223,7 +223,8 @@ def extension_claims() -> tuple[EmpiricalClaim, ...]:
                            "with and without BN", "beyond the paper: Lyu, Li and Arora (2022) effective sharpness; "
                            "Cohen et al. (2021), sharpness rising to ~2/eta under full-batch GD with and without BN"),
             "none / BN raw sharpness lambda_max(H) per seed pair at matched training loss and in the early window "
-            "(both must lie above 1), at every learning rate where the standard network trains and on the DLN; BN's "
+            f"(each axis with at least {MIN_SEEDS} seed pairs must lie above 1; one with fewer does not vote), at every "
+            "learning rate where the standard network trains and on the DLN; BN's "
             "effective sharpness lambda_max(D H D) and the trace are shown beside it (verify.sharpness_claims: why "
             "the raw one decides)", bn_lower_sharpness, Threshold("above", 1.0), extension=True),
         EmpiricalClaim(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from verify.document import Block, Code, Details, FigureBlock, FigureGrid, Heading, Paragraph, StatusBadge, parts, table
+from verify.statistics import MIN_SEEDS
 from verify.summary import claim_rows
 
 CLAIMS_HEADING = "1. The paper's empirical claims: do they hold here?"
@@ -18,8 +19,9 @@ FIGURES_ANCHOR = "claim-figures"
 READING = ("Ratio = the paper's 'worse' network over the 'better' one (per claim: the criterion in the details); "
            "geometric mean over seeds paired by seed, [95% bootstrap interval]. Reproduced: the interval lies on "
            "the paper's side; not reproduced: on the other side; inconclusive: it straddles the threshold, or "
-           "fewer than 3 seeds. Matched = at matched training loss, early = in the window where both networks "
-           "still train; both must agree.")
+           f"fewer than {MIN_SEEDS} seeds. Matched = at matched training loss, early = in the window where both "
+           f"networks still train; both must agree, and an axis with fewer than {MIN_SEEDS} seed pairs is shown "
+           "but does not vote.")
 
 
 def claims_table(results: dict):
