@@ -16,7 +16,8 @@ Measured (VGG-1d default, one CPU thread, steps alternating in one process, `ver
 a step of the l1 network costs ~1.17 of BatchNorm's (~1.58 with autograd through the forward, ~1.24 before
 the programs' per-call constants and redundant ops were removed), of the l-inf network ~1.25 (~1.92 with
 autograd); on another machine of the same kind, whose native BatchNorm step was faster (7.4 ms against
-12.2), 1.51 and 1.60 (reports/default/bench.json: the ratio moves with the machine, not only with the code);
+12.2), 1.51 and 1.60, and on an AMD EPYC 1.22 and 1.25 (reports/default/bench.json: the ratio moves with the
+CPU, not only with the code);
 the deep linear network's step (24 normaliser layers on (1000, 10)) ~0.77 of its autograd cost for l-inf,
 ~0.91 of the earlier derived one for l1. The backward is itself torch ops on the saved input and statistics,
 so it differentiates again (HVPs, double backward) and vmaps (generate_vmap_rule); it has no forward-mode rule

@@ -142,3 +142,27 @@ def test_reproducibility_section_counts_the_changed_runs(tmp_path):
     text = render_markdown(reproducibility_blocks(tmp_path))
     assert "1 of 2 verdicts agree; 1 of 3 runs" in text and "vgg1d" not in text
     assert "inconclusive" in text  # the disagreeing claim's table
+
+
+def test_reproducibility_section_says_when_the_stability_run_is_of_another_revision(tmp_path):
+    from verify.document import render_markdown
+    from verify.report.runs import reproducibility_blocks
+
+    (tmp_path / "stability.json").write_text(json.dumps({
+        "git_revision": "abc1234", "claims": [{"id": "a", "first": "reproduced", "second": "reproduced", "agree": True}],
+        "agreeing": 1, "total": 1, "runs_compared": 1, "runs_changed": []}))
+    assert "revision abc1234, not this report's (def5678)" in render_markdown(reproducibility_blocks(tmp_path, "def5678"))
+    assert "not this report's" not in render_markdown(reproducibility_blocks(tmp_path, "abc1234"))
+
+
+def test_stability_renders_the_report_again_after_writing_its_comparison(tmp_path, monkeypatch):
+    from verify import stability
+
+    finished = {"claims": [{"id": "a", "verdict": "reproduced"}], "training": [], "dln_training": []}
+    monkeypatch.setattr(stability, "_finished_results", lambda config, preset, directory: finished)
+    rendered = []
+    monkeypatch.setattr(stability, "write_report",
+                        lambda out_dir: rendered.append(json.loads((out_dir / "stability.json").read_text())))
+    comparison = stability.run_stability(SMOKE, "smoke", tmp_path, progress=False)
+    assert rendered == [json.loads(json.dumps(comparison))]  # rendered after stability.json holds this comparison
+    assert comparison["git_revision"] == pipeline._git_revision() and comparison["agreeing"] == 1

@@ -32,8 +32,9 @@ inputs and 10 classes: no data set needed). Inputs are random: the cost of every
 depend on the values. Targets are issues 7's and 15's, for a 2-core CPU at the default size (hvp: 2.5 on a
 CPU, 3 on a GPU).
 
-Measured and not adopted where it is above 1 (issue 15): training the seeds of a run in lockstep, the
-lockstep_<model>_<norm> figures of `verify.bench_steps`.
+Measured and not adopted (issue 15): training the seeds of a run in lockstep, the lockstep_<model>_<norm>
+figures of `verify.bench_steps`; below 1 for VGG-1d on one CPU model (AMD EPYC: 0.79 none, 0.92 BN), above 1
+with BN on another (1.19), while every probe and capture works on one model per run (README, Performance).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ runs `verify all` of the preset as given into DIR (finished runs there are reuse
 are accumulated, which is all that differs between two machines of the same kind running the same code.
 A chaotic run (the standard network at lr 0.1) then ends differently, so measurements differ; a verdict
 decided from paired seeds and intervals should not. DIR/stability.json records, per claim, both verdicts
-and whether they agree, and which runs changed (final training loss not bit-identical).
+and whether they agree, which runs changed (final training loss not bit-identical), and the revision; DIR's report
+is then rendered again so that its reproducibility section shows this comparison.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from empirics.config import ExperimentConfig
 from empirics.storage import write_json
+from verify.report import write_report
 
 def other_order(config: ExperimentConfig) -> ExperimentConfig:
     """The same preset with another thread count per run (and one worker, so the threads have the cores)."""
@@ -58,9 +60,13 @@ def run_stability(config: ExperimentConfig, preset: str, out_dir: Path, progress
         pipeline.write_config(variant, preset, directory)
         pipeline.stage_theory_and_empirics(variant, directory, progress=progress)
         results.append(pipeline.stage_report(variant, directory))
-    comparison = {"variants": {name: {"threads": c.threads, "workers": c.workers, "out": str(d)}
+    comparison = {"git_revision": pipeline._git_revision(),
+                  "variants": {name: {"threads": c.threads, "workers": c.workers, "out": str(d)}
                                for name, (c, d) in variants.items()}, **compare_results(*results)}
     write_json(Path(out_dir) / "stability.json", comparison)
+    # DIR's report was written before this comparison existed (by `verify all`, or just above): render it again, so
+    # its reproducibility section shows these verdicts, not an earlier stability.json's (results.json unchanged)
+    write_report(Path(out_dir))
     return comparison
 
 

@@ -77,7 +77,8 @@ def build_document(results: dict, out_dir: Path, figure_paths: list[Path]) -> li
                + _details("Environment and reproduction", environment_blocks(results, out_dir)))
     return (headline_blocks(results) + claims_section(results) + matrix_section(results)
             + bounds_section(results, out_dir) + claim_figures_section(results, out_dir, claim_paths)
-            + reproducibility_blocks(out_dir) + [Heading(2, "Details")] + details)
+            + reproducibility_blocks(out_dir, (results.get("environment") or {}).get("git_revision"))
+            + [Heading(2, "Details")] + details)
 
 
 def _call(function, args) -> list[Path]:

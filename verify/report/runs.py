@@ -210,8 +210,9 @@ def performance_blocks(out_dir: Path) -> list[Block]:
 
 
 
-def reproducibility_blocks(out_dir: Path) -> list[Block]:
-    """The verdicts under another float summation order, from DIR/stability.json (`python -m verify stability`)."""
+def reproducibility_blocks(out_dir: Path, revision: str | None = None) -> list[Block]:
+    """The verdicts under another float summation order, from DIR/stability.json (`python -m verify stability`);
+    `revision`, the report's, is compared with the stability run's, and a mismatch is said."""
     path = out_dir / "stability.json"
     if not path.exists():
         return []
@@ -225,7 +226,12 @@ def reproducibility_blocks(out_dir: Path) -> list[Block]:
         Code("python -m verify stability"), f"): {stability.get('agreeing', '?')} of {stability.get('total', '?')} "
         f"verdicts agree; {runs_changed} of {stability.get('runs_compared', '?')} runs (final training loss not "
         "bit-identical) changed." + (" Every verdict is the same." if claims and not changed else "")))]
+    if revision != stability.get("git_revision"):
+        blocks.append(Paragraph(parts(
+            f"These figures come from a stability run at revision {stability.get('git_revision') or 'unrecorded'}, "
+            f"not this report's ({revision or 'unrecorded'}): rerun ", Code("python -m verify stability"), ".")))
     if changed:
         blocks.append(table(["claim", "first", "second"], [[Code(str(c.get("id"))), StatusBadge(str(c.get("first"))),
                                                               StatusBadge(str(c.get("second")))] for c in changed]))
     return blocks
+
