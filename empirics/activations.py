@@ -44,8 +44,9 @@ def _channel_rows(activations: torch.Tensor | np.ndarray) -> torch.Tensor:
 def _quantiles(values: torch.Tensor, levels) -> np.ndarray:
     """NumPy's default ('linear') quantiles of 1-D finite values: interpolate between the order statistics at
     floor and ceil of (n - 1) q. Only those order statistics are found: on a CPU by one np.partition on the
-    ranks needed (introselect; the same values a full sort puts there, measured ~7x cheaper than torch.sort of
-    a VGG-1d layer's 41k values), elsewhere by torch.sort on the device (no copy of the layer to the host)."""
+    ranks needed (introselect: the same values a full sort puts there, without sorting the layer; the histogram
+    probe's share of a BN run is `hist` in the bench's run profile), elsewhere by torch.sort on the device (no
+    copy of the layer to the host)."""
     position = np.asarray(levels, dtype=np.float64) * (values.numel() - 1)
     low, high = np.floor(position).astype(np.int64), np.ceil(position).astype(np.int64)
     if values.device.type == "cpu":

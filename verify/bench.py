@@ -422,10 +422,11 @@ def cpu_model() -> str:
 
 
 def _machine(device: torch.device) -> dict:
+    model = cpu_model()
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "cpu_model": model, "cpu_count": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "numpy": np.__version__, "device": device.type,
-            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else model,
             "threads": torch.get_num_threads()}
 
 

@@ -234,4 +234,3 @@ def reproducibility_blocks(out_dir: Path, revision: str | None = None) -> list[B
         blocks.append(table(["claim", "first", "second"], [[Code(str(c.get("id"))), StatusBadge(str(c.get("first"))),
                                                               StatusBadge(str(c.get("second")))] for c in changed]))
     return blocks
-
