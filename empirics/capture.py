@@ -38,14 +38,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fused_reductions
 from .group_reductions import (
     BN_FLOAT_KEYS,
     FLOAT_COLUMNS,
     REDUCTION_COLUMNS,
+    CapturePoint,
     Scratch,
     batchnorm_reductions,
     capture_points,
     group_reductions,
+    group_scale,
+    group_view,
 )
 
 REDUCTION_KEYS = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")  # channel_reductions'
@@ -103,13 +107,31 @@ def concat_rows(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in ROW_KEYS}
 
 
+def _input_slot(node, y: torch.Tensor) -> int | None:
+    """The index of y among the inputs of autograd node `node` (y's gradient is then the node's grad_inputs at
+    that index), or None: no node, y a leaf, or y not a direct input of it (the output is the last of several
+    ops: a formula normaliser without a derived backward)."""
+    if node is None or y.grad_fn is None:
+        return None
+    for slot, (function, output_nr) in enumerate(node.next_functions):
+        if function is y.grad_fn and output_nr == y.output_nr:
+            return slot
+    return None
+
+
+def _fits_kernel(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor) -> bool:
+    """Whether this step's tensors suit the layer's compiled reduction: y's dtype and contiguous, as it was
+    prepared for (an output gradient of another dtype or layout takes the torch path)."""
+    return y.dtype == g.dtype == dy.dtype and y.is_contiguous() and g.is_contiguous() and dy.is_contiguous()
+
+
 @dataclass
 class _LayerRecord:
     """One forward pass of one capture point: its input until backward reaches it, then its reductions."""
 
     y: torch.Tensor | None  # the normaliser's input, detached; dropped once reduced
-    g: torch.Tensor | None = None  # dL/d(module output), until reduced
-    columns: torch.Tensor | None = None  # group_reductions(...), on the device
+    g: torch.Tensor | None = None  # dL/d(module output), until reduced (when hooked on tensors)
+    columns: torch.Tensor | np.ndarray | None = None  # group_reductions(...) on the device, or the fused kernel's
     m: int = 0
 
 
@@ -125,35 +147,66 @@ class BoundCapture:
     Exactly one forward and one backward per active() block; hooks exist only inside it.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fused: bool = True):
         self.points = capture_points(model)
+        self.fused = fused  # BatchNorm's formula on a CPU by the compiled kernel (group_reductions); False: torch
         self.layers = [point.module for point in self.points]  # the hooked modules, in forward order
         self._records: dict[int, list[_LayerRecord]] = {}
         self._handles: list = []
         self._scratch = Scratch()  # kept across steps: the reductions reuse one float64 buffer
+        self._fused: dict[tuple, fused_reductions.LayerColumns | None] = {}  # (layer, device, dtype): its kernel
+
+    def _layer_columns(self, index: int, y: torch.Tensor) -> fused_reductions.LayerColumns | None:
+        """The compiled reduction of layer `index` for inputs like y, or None where it takes the torch path:
+        BatchNorm's formula with one scale per group (or none), on a CPU, float32 or float64, numba installed."""
+        key = (index, y.device, y.dtype)
+        if key not in self._fused:
+            point = self.points[index]
+            fits = (self.fused and point.bn_formula and y.device.type == "cpu"
+                    and y.dtype in (torch.float32, torch.float64) and fused_reductions.available())
+            per_group, per_element = group_scale(point, y) if fits else (None, None)
+            self._fused[key] = fused_reductions.LayerColumns(
+                per_group, group_view(point, y).shape[1], point.eps, len(FLOAT_COLUMNS)) \
+                if fits and per_element is None else None
+        return self._fused[key]
+
+    def _reduce(self, index: int, record: _LayerRecord, fused, g: torch.Tensor | None, dy: torch.Tensor) -> None:
+        """Reduce one layer's (y, g, dy) into record.columns the moment dy exists: the normaliser's backward has
+        just read y and g and written dy, so all three are in cache (after backward they are not)."""
+        if g is None:
+            return  # no output gradient: collect() reports it
+        point = self.points[index]
+        g, dy = g.detach(), dy.detach()
+        if fused is not None and _fits_kernel(record.y, g, dy):
+            record.columns = fused(*(group_view(point, t) for t in (record.y, g, dy)))
+        else:
+            with torch.no_grad():
+                record.columns = group_reductions(point, record.y, g, dy, self._scratch, self.fused)
+        record.m = record.y.numel() // record.columns.shape[1]
+        record.y = None
 
     def _forward_hook(self, index: int):
-        point = self.points[index]
-
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             (y,) = inputs
             if not (torch.is_grad_enabled() and y.requires_grad and output.requires_grad):
                 return  # no backward can follow (e.g. evaluation under no_grad)
             record = _LayerRecord(y=y.detach())
             self._records.setdefault(index, []).append(record)
+            fused = self._layer_columns(index, y)
+            node, slot = output.grad_fn, _input_slot(output.grad_fn, y)
+            if slot is not None:  # one node computes output from y (a native normaliser, a derived backward)
+                def on_node(grad_inputs: tuple, grad_outputs: tuple) -> None:
+                    self._reduce(index, record, fused, grad_outputs[output.output_nr], grad_inputs[slot])
+
+                self._handles.append(node.register_hook(on_node))
+                return
 
             def on_output_grad(grad: torch.Tensor) -> None:
-                record.g = grad.detach()
+                record.g = grad
 
             def on_input_grad(grad: torch.Tensor) -> None:
-                # the normaliser's backward has just read y and g and written dy: reduce now, while all three
-                # are in cache (after backward they are not), and keep only the (columns, groups) result
-                if record.g is None:
-                    return  # no output gradient: collect() reports it
-                with torch.no_grad():
-                    record.columns = group_reductions(point, record.y, record.g, grad.detach(), self._scratch)
-                record.m = record.y.numel() // record.columns.shape[1]
-                record.y = record.g = None
+                self._reduce(index, record, fused, record.g, grad)
+                record.g = None
 
             self._handles.append(y.register_hook(on_input_grad))
             self._handles.append(output.register_hook(on_output_grad))
@@ -202,7 +255,10 @@ class BoundCapture:
         self._records = {}
         if not columns:
             return empty_rows()
-        values = torch.cat([c.to(columns[0].device) for c in columns], dim=1).cpu().numpy()  # one device-to-host copy
+        if all(isinstance(c, np.ndarray) or c.device.type == "cpu" for c in columns):
+            values = np.concatenate([np.asarray(c) for c in columns], axis=1)  # copies the kernels' reused outputs
+        else:  # on a device: one device-to-host copy
+            values = torch.cat([c.to(columns[0].device) for c in columns], dim=1).cpu().numpy()
         layer = np.repeat(np.arange(len(widths), dtype=np.int64), widths)
         return {"step": np.full(len(layer), step, dtype=np.int64), "layer": layer,
                 "channel": np.concatenate([np.arange(width, dtype=np.int64) for width in widths]),

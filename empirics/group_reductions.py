@@ -49,6 +49,7 @@ from theory import numeric
 from theory.batch_algebra import NoClosedForm
 from theory.normalisers import REGISTRY
 
+from . import fused_reductions
 from .noisy import NoisyBatchNorm1d
 from .norms import SpatialFlatten, axis_of, is_batchnorm_formula, norm_slots
 
@@ -214,10 +215,11 @@ def group_scale(point: CapturePoint, like: torch.Tensor) -> tuple[torch.Tensor |
 
 
 def group_reductions(point: CapturePoint, y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor,
-                     scratch: Scratch) -> torch.Tensor:
+                     scratch: Scratch, fused: bool = True) -> torch.Tensor:
     """(len(FLOAT_COLUMNS), G) float64 on y's device: the point's reductions (module doc) of one forward's input y,
     output gradient g (dL/d module output) and input gradient dy, all of y's shape (for weight space: the
-    weight's)."""
+    weight's). BatchNorm's formula on a CPU takes the compiled kernel of `fused_reductions` when `fused` and numba
+    is installed, else the torch reduction `batchnorm_reductions` (its reference)."""
     if not (y.shape == g.shape == dy.shape):
         raise ValueError(f"y, g, dy must share one shape; got {tuple(y.shape)}, {tuple(g.shape)}, {tuple(dy.shape)}")
     per_group, per_element = group_scale(point, y)
@@ -226,6 +228,9 @@ def group_reductions(point: CapturePoint, y: torch.Tensor, g: torch.Tensor, dy: 
     views = [group_view(point, t) for t in (y, g, dy)]  # (A, G, B) each
     groups = views[0].shape[1]
     gamma = per_group if per_group is not None else torch.ones(groups, dtype=y.dtype, device=y.device)
+    if point.bn_formula and fused and y.device.type == "cpu" and fused_reductions.available() \
+            and y.dtype == g.dtype == dy.dtype and y.dtype in (torch.float32, torch.float64):
+        return fused_reductions.batchnorm_columns(*views, gamma, point.eps, rows=len(FLOAT_COLUMNS))
     if point.bn_formula:
         columns = batchnorm_reductions(*views, gamma, point.eps, scratch)
         m = views[0].shape[0] * views[0].shape[2]
