@@ -21,10 +21,11 @@ def _jit(function):
 @_jit
 def _write(gamma, eps, m, mean, sum_g, centred_sq, g_sq, g_centred, dy_sq, out):
     """The BN_COLUMNS rows of `out` from the per-group sums."""
+    scaled = gamma.shape[0] > 0  # an empty gamma: no scale (1)
     for j in range(mean.shape[0]):
         var = centred_sq[j] / m
         sigma = np.sqrt(var + eps)
-        out[0, j] = gamma[j]
+        out[0, j] = gamma[j] if scaled else 1.0
         out[1, j] = mean[j]
         out[2, j] = var
         out[3, j] = sigma
@@ -36,7 +37,7 @@ def _write(gamma, eps, m, mean, sum_g, centred_sq, g_sq, g_centred, dy_sq, out):
 
 
 @_jit
-def grouped_kernel(y, g, dy, gamma, eps, out):  # (A, G, B) x 3, (G,), float, (>= len(BN_COLUMNS), G) float64
+def grouped_kernel(y, g, dy, gamma, eps, out):  # (A, G, B) x 3, (G,) or (0,): no scale, float, (>= 9, G) float64
     """Each group's values summed along B in registers: for long rows (B large, e.g. A = 1 per-sample groups)."""
     batch, groups, inner = y.shape
     m = batch * inner
@@ -130,3 +131,32 @@ def row_kernel(y, g, dy, gamma, eps, out):  # as grouped_kernel
             g_centred[j] += column_gc[k]
             dy_sq[j] += column_d[k]
     _write(gamma, eps, m, mean, sum_g, centred_sq, g_sq, g_centred, dy_sq, out)
+
+
+ROW_KERNEL_MAX_WIDTH = 1 << 16  # G * B columns: six float64 accumulator rows of this width stay within L2
+AXIS_CODES = {"batch": 0, "features": 1, "weight space": 1, "group": 2}  # group_reductions.group_view's layouts
+
+
+@_jit
+def layer_kernel(y, g, dy, gamma, eps, axis, groups, out):  # y, g, dy: a layer's tensors, C-contiguous, any ndim
+    """One layer's reductions straight from its tensors' own shape: the (A, G, B) view of `group_view` for the
+    axis code (`AXIS_CODES`; groups: a GroupNorm's groups per sample) and the kernel for its width, chosen here so
+    that the caller's only per-call work is the three array views."""
+    size = y.size
+    if axis == 0:
+        batch, width = y.shape[0], y.shape[1]
+    elif axis == 1:
+        batch, width = 1, y.shape[0]
+    else:
+        batch, width = 1, y.shape[0] * groups
+    if out.shape[1] != width:
+        raise IndexError("the output array has another number of groups than the layer's input")
+    if gamma.shape[0] not in (0, width):
+        raise ValueError("the scale has another number of entries than the layer has groups")
+    inner = size // (batch * width)
+    shape = (batch, width, inner)
+    values, grads, dgrads = y.reshape(shape), g.reshape(shape), dy.reshape(shape)
+    if batch > 1 and width * inner <= ROW_KERNEL_MAX_WIDTH:
+        row_kernel(values, grads, dgrads, gamma, eps, out)
+    else:
+        grouped_kernel(values, grads, dgrads, gamma, eps, out)

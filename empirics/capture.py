@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -107,32 +106,111 @@ def concat_rows(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in ROW_KEYS}
 
 
+def _layout_rows(widths: list[int], ms: list[int], eps: list[float]) -> dict[str, np.ndarray]:
+    """The layer, channel, m and eps columns of collect()'s rows for layers of these widths, read-only (one set
+    shared by every step's rows)."""
+    rows = {"layer": np.repeat(np.arange(len(widths), dtype=np.int64), widths),
+            "channel": np.concatenate([np.arange(width, dtype=np.int64) for width in widths]),
+            "m": np.repeat(np.asarray(ms, dtype=np.int64), widths),
+            "eps": np.repeat(np.asarray(eps, dtype=np.float64), widths)}
+    for values in rows.values():
+        values.flags.writeable = False
+    return rows
+
+
 def _input_slot(node, y: torch.Tensor) -> int | None:
     """The index of y among the inputs of autograd node `node` (y's gradient is then the node's grad_inputs at
     that index), or None: no node, y a leaf, or y not a direct input of it (the output is the last of several
     ops: a formula normaliser without a derived backward)."""
     if node is None or y.grad_fn is None:
         return None
-    for slot, (function, output_nr) in enumerate(node.next_functions):
+    inputs = node.next_functions
+    if inputs and inputs[0][0] is y.grad_fn and inputs[0][1] == y.output_nr:
+        return 0  # the usual place (a native normaliser's input)
+    for slot, (function, output_nr) in enumerate(inputs):
         if function is y.grad_fn and output_nr == y.output_nr:
             return slot
     return None
 
 
-def _fits_kernel(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor) -> bool:
-    """Whether this step's tensors suit the layer's compiled reduction: y's dtype and contiguous, as it was
-    prepared for (an output gradient of another dtype or layout takes the torch path)."""
-    return y.dtype == g.dtype == dy.dtype and y.is_contiguous() and g.is_contiguous() and dy.is_contiguous()
+class _LayerHooks:
+    """The hooks of one capture point and the state of its one forward in an active() block: the forward hook
+    keeps y and hooks the backward of the output's node; the backward hook reduces. Everything a hook reads is
+    an attribute here and every hook a bound method made once: inside backward every Python operation runs with
+    cold caches and costs several times what it does in a loop."""
 
+    __slots__ = ("capture", "point", "kernels", "forwards", "y", "g", "kernel_now", "slot", "output_nr",
+                 "columns", "m")
 
-@dataclass
-class _LayerRecord:
-    """One forward pass of one capture point: its input until backward reaches it, then its reductions."""
+    def __init__(self, capture: BoundCapture, point: CapturePoint):
+        self.capture, self.point = capture, point
+        self.kernels: dict[torch.dtype, fused_reductions.LayerColumns | None] = {}  # CPU inputs of this dtype
+        self.reset()
 
-    y: torch.Tensor | None  # the normaliser's input, detached; dropped once reduced
-    g: torch.Tensor | None = None  # dL/d(module output), until reduced (when hooked on tensors)
-    columns: torch.Tensor | np.ndarray | None = None  # group_reductions(...) on the device, or the fused kernel's
-    m: int = 0
+    def reset(self) -> None:
+        """Forget the last block's forward."""
+        self.forwards = 0  # grad-enabled forwards in this block (collect() wants exactly one)
+        self.y = self.g = self.kernel_now = self.columns = None  # y until reduced; g until dy (tensor hooks)
+        self.slot = self.output_nr = None
+        self.m = 0
+
+    def kernel(self, y: torch.Tensor) -> fused_reductions.LayerColumns | None:
+        """The compiled reduction for CPU inputs like y, or None where the layer takes the torch path: not
+        BatchNorm's formula, a per-element scale, not float32/float64, numba missing, or fused=False."""
+        if y.dtype not in self.kernels:
+            point = self.point
+            fits = (self.capture.fused and point.bn_formula and y.dtype in (torch.float32, torch.float64)
+                    and fused_reductions.available())
+            per_group, per_element = group_scale(point, y) if fits else (None, None)
+            self.kernels[y.dtype] = fused_reductions.LayerColumns(
+                point.affine, point.axis, point.groups or 1, point.eps, len(FLOAT_COLUMNS)) \
+                if fits and per_element is None else None
+        return self.kernels[y.dtype]
+
+    def reduce(self, g: torch.Tensor | None, dy: torch.Tensor) -> None:
+        """Reduce the forward's (y, g, dy) into `columns` the moment dy exists: the normaliser's backward has
+        just read y and g and written dy, so all three are in cache (after backward they are not)."""
+        y, kernel = self.y, self.kernel_now
+        if g is None or y is None:
+            return  # no output gradient (collect() reports it), or reduced already (a retained graph)
+        if g.requires_grad or dy.requires_grad:  # a backward with create_graph
+            g, dy = g.detach(), dy.detach()
+        if kernel is not None and y.dtype == g.dtype == dy.dtype and y.is_contiguous() and g.is_contiguous() \
+                and dy.is_contiguous():  # as the kernel was chosen for (another dtype or layout: torch path)
+            self.columns = kernel(y, g, dy)
+        else:
+            with torch.no_grad():
+                self.columns = group_reductions(self.point, y, g, dy, self.capture._scratch, self.capture.fused)
+        self.m = y.numel() // self.columns.shape[1]
+        self.y = None
+
+    def forward(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        y = inputs[0]
+        if not (output.requires_grad and y.requires_grad and torch.is_grad_enabled()):
+            return  # no backward can follow (e.g. evaluation under no_grad)
+        self.forwards += 1
+        self.y, self.columns = y.detach(), None
+        self.kernel_now = (self.kernels[y.dtype] if y.dtype in self.kernels else self.kernel(y)) if y.is_cpu \
+            else None
+        node = output.grad_fn
+        self.slot = _input_slot(node, y)
+        handles = self.capture._handles
+        if self.slot is not None:  # one node computes output from y (a native normaliser, a derived backward)
+            self.output_nr = output.output_nr
+            handles.append(node.register_hook(self.on_node))
+        else:
+            handles.append(y.register_hook(self.on_input_grad))
+            handles.append(output.register_hook(self.on_output_grad))
+
+    def on_node(self, grad_inputs: tuple, grad_outputs: tuple) -> None:
+        self.reduce(grad_outputs[self.output_nr], grad_inputs[self.slot])
+
+    def on_output_grad(self, grad: torch.Tensor) -> None:
+        self.g = grad
+
+    def on_input_grad(self, grad: torch.Tensor) -> None:
+        self.reduce(self.g, grad)
+        self.g = None
 
 
 class BoundCapture:
@@ -144,84 +222,32 @@ class BoundCapture:
             loss.backward()
         rows = capture.collect(step)
 
-    Exactly one forward and one backward per active() block; hooks exist only inside it.
+    Exactly one forward and one backward per active() block; hooks exist only inside it. `fused` (default True):
+    BatchNorm's formula on a CPU is reduced by the compiled kernel of `fused_reductions` where numba is installed;
+    False keeps every layer on the torch reduction (the reference the tests compare the kernel with).
     """
 
     def __init__(self, model: nn.Module, fused: bool = True):
         self.points = capture_points(model)
-        self.fused = fused  # BatchNorm's formula on a CPU by the compiled kernel (group_reductions); False: torch
+        self.fused = fused
         self.layers = [point.module for point in self.points]  # the hooked modules, in forward order
-        self._records: dict[int, list[_LayerRecord]] = {}
+        self._hooks = [_LayerHooks(self, point) for point in self.points]
         self._handles: list = []
         self._scratch = Scratch()  # kept across steps: the reductions reuse one float64 buffer
-        self._fused: dict[tuple, fused_reductions.LayerColumns | None] = {}  # (layer, device, dtype): its kernel
-
-    def _layer_columns(self, index: int, y: torch.Tensor) -> fused_reductions.LayerColumns | None:
-        """The compiled reduction of layer `index` for inputs like y, or None where it takes the torch path:
-        BatchNorm's formula with one scale per group (or none), on a CPU, float32 or float64, numba installed."""
-        key = (index, y.device, y.dtype)
-        if key not in self._fused:
-            point = self.points[index]
-            fits = (self.fused and point.bn_formula and y.device.type == "cpu"
-                    and y.dtype in (torch.float32, torch.float64) and fused_reductions.available())
-            per_group, per_element = group_scale(point, y) if fits else (None, None)
-            self._fused[key] = fused_reductions.LayerColumns(
-                per_group, group_view(point, y).shape[1], point.eps, len(FLOAT_COLUMNS)) \
-                if fits and per_element is None else None
-        return self._fused[key]
-
-    def _reduce(self, index: int, record: _LayerRecord, fused, g: torch.Tensor | None, dy: torch.Tensor) -> None:
-        """Reduce one layer's (y, g, dy) into record.columns the moment dy exists: the normaliser's backward has
-        just read y and g and written dy, so all three are in cache (after backward they are not)."""
-        if g is None:
-            return  # no output gradient: collect() reports it
-        point = self.points[index]
-        g, dy = g.detach(), dy.detach()
-        if fused is not None and _fits_kernel(record.y, g, dy):
-            record.columns = fused(*(group_view(point, t) for t in (record.y, g, dy)))
-        else:
-            with torch.no_grad():
-                record.columns = group_reductions(point, record.y, g, dy, self._scratch, self.fused)
-        record.m = record.y.numel() // record.columns.shape[1]
-        record.y = None
-
-    def _forward_hook(self, index: int):
-        def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            (y,) = inputs
-            if not (torch.is_grad_enabled() and y.requires_grad and output.requires_grad):
-                return  # no backward can follow (e.g. evaluation under no_grad)
-            record = _LayerRecord(y=y.detach())
-            self._records.setdefault(index, []).append(record)
-            fused = self._layer_columns(index, y)
-            node, slot = output.grad_fn, _input_slot(output.grad_fn, y)
-            if slot is not None:  # one node computes output from y (a native normaliser, a derived backward)
-                def on_node(grad_inputs: tuple, grad_outputs: tuple) -> None:
-                    self._reduce(index, record, fused, grad_outputs[output.output_nr], grad_inputs[slot])
-
-                self._handles.append(node.register_hook(on_node))
-                return
-
-            def on_output_grad(grad: torch.Tensor) -> None:
-                record.g = grad
-
-            def on_input_grad(grad: torch.Tensor) -> None:
-                self._reduce(index, record, fused, record.g, grad)
-                record.g = None
-
-            self._handles.append(y.register_hook(on_input_grad))
-            self._handles.append(output.register_hook(on_output_grad))
-
-        return hook
+        self._layout: dict[tuple, dict[str, np.ndarray]] = {}  # (widths, ms, eps): _layout_rows
 
     @contextlib.contextmanager
     def active(self) -> Iterator[BoundCapture]:
         """Install the hooks; remove every one of them on exit, also when an exception escapes."""
         if self._handles:
             raise RuntimeError("BoundCapture.active() is already open; nest no captures")
-        self._records = {}
         try:
-            for index, layer in enumerate(self.layers):
-                self._handles.append(layer.register_forward_hook(self._forward_hook(index)))
+            for hooks in self._hooks:
+                hooks.reset()
+                for kernel in hooks.kernels.values():
+                    if kernel is not None:
+                        kernel.refresh()  # a replaced scale parameter: read outside backward
+                self._handles.append(hooks.point.module.register_forward_hook(hooks.forward))
             yield self
         finally:
             for handle in self._handles:
@@ -236,31 +262,32 @@ class BoundCapture:
         and `group_reductions.REDUCTION_COLUMNS`.
         """
         columns, widths, ms, eps = [], [], [], []
-        for index, point in enumerate(self.points):
-            records = self._records.get(index, [])
-            if len(records) != 1:
+        for index, hooks in enumerate(self._hooks):
+            forwards, layer_columns, m = hooks.forwards, hooks.columns, hooks.m
+            hooks.reset()
+            if forwards != 1:
                 raise RuntimeError(
-                    f"normalisation layer {index} ran {len(records)} grad-enabled forwards inside active(); "
+                    f"normalisation layer {index} ran {forwards} grad-enabled forwards inside active(); "
                     "run exactly one forward and one backward per active() block"
                 )
-            (record,) = records
-            if record.columns is None:
+            if layer_columns is None:
                 raise RuntimeError(
                     f"normalisation layer {index} received no gradient; call loss.backward() inside active()"
                 )
-            columns.append(record.columns)
-            widths.append(record.columns.shape[1])
-            ms.append(record.m)
-            eps.append(point.eps)
-        self._records = {}
+            columns.append(layer_columns)
+            widths.append(layer_columns.shape[1])
+            ms.append(m)
+            eps.append(hooks.point.eps)
         if not columns:
             return empty_rows()
         if all(isinstance(c, np.ndarray) or c.device.type == "cpu" for c in columns):
             values = np.concatenate([np.asarray(c) for c in columns], axis=1)  # copies the kernels' reused outputs
         else:  # on a device: one device-to-host copy
             values = torch.cat([c.to(columns[0].device) for c in columns], dim=1).cpu().numpy()
-        layer = np.repeat(np.arange(len(widths), dtype=np.int64), widths)
-        return {"step": np.full(len(layer), step, dtype=np.int64), "layer": layer,
-                "channel": np.concatenate([np.arange(width, dtype=np.int64) for width in widths]),
-                "m": np.repeat(np.asarray(ms, dtype=np.int64), widths),
-                "eps": np.repeat(np.asarray(eps, dtype=np.float64), widths), **dict(zip(FLOAT_COLUMNS, values))}
+        key = (tuple(widths), tuple(ms), tuple(eps))
+        if key not in self._layout:  # the same at every captured step of a run: built once
+            self._layout[key] = _layout_rows(widths, ms, eps)
+        rows = self._layout[key].copy()
+        rows["step"] = np.full(values.shape[1], step, dtype=np.int64)
+        rows.update(zip(FLOAT_COLUMNS, values))
+        return rows

@@ -31,21 +31,20 @@ import functools
 import numpy as np
 import torch
 
+_NO_SCALE = np.ones(0)  # the kernels' "no scale" (1): an empty array, one type for every layer
+
 BN_COLUMNS = ("gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs", "yhat_sq")
-
-
-ROW_KERNEL_MAX_WIDTH = 1 << 16  # G * B columns: six float64 accumulator rows of this width stay within L2
 
 
 @functools.cache
 def _compiled():
-    """(grouped, row) jitted kernels (`_fused_kernels`), or None where numba is not installed; imported on first
-    use, so that a process that captures nothing does not import numba (~0.4 s)."""
+    """The `_fused_kernels` module, or None where numba is not installed; imported on first use, so that a process
+    that captures nothing does not import numba (~0.4 s)."""
     try:
         from . import _fused_kernels
     except ImportError:
         return None
-    return _fused_kernels.grouped_kernel, _fused_kernels.row_kernel
+    return _fused_kernels
 
 
 def available() -> bool:
@@ -65,45 +64,67 @@ def batchnorm_columns(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor, gamma:
                                                                                          torch.float64):
         raise ValueError(f"the fused kernel takes CPU float32/float64 tensors of one dtype; got {y.dtype}, "
                          f"{g.dtype}, {dy.dtype} on {y.device}")
-    columns = LayerColumns(gamma.detach().to(torch.float64).reshape(-1), y.shape[1], eps, rows)
-    return torch.from_numpy(columns(*(t.detach().contiguous() for t in (y, g, dy))))
+    scale = gamma.detach().to(torch.float64).reshape(-1)
+    if scale.shape != (y.shape[1],):
+        raise ValueError(f"gamma has {scale.numel()} entries for {y.shape[1]} groups; give one per group")
+    columns = LayerColumns(lambda: scale, "batch", 1, eps, rows)
+    return torch.from_numpy(columns(*(t.detach().contiguous() for t in (y, g, dy))).copy())
 
 
 class LayerColumns:
     """`batchnorm_columns` for one layer, called at every captured step with as little Python as it can: the
-    per-group scale is read through a float32 view of the parameter's storage (kept current by in-place updates;
-    rebuilt when the storage moves) and the result is written into one output array reused from call to call
-    (the caller copies it before the next call). Inside backward every Python operation runs with cold caches
-    and costs several times what it does in a loop, so the per-call work is the three array views and the kernel.
+    kernel takes the layer's tensors in their own shape (it works out the (A, G, B) view of `group_view` itself),
+    reads the per-group scale through a numpy view of the parameter's storage (`refresh()` re-reads it; in-place
+    updates need no refresh) and writes into an output array reused from call to call (the caller copies it before
+    the next call). Inside backward every Python operation runs with cold caches and costs several times what it
+    does in a loop, so the per-call work is the three array views and the kernel.
 
-    scale: the per-group scale (G,) (BN's gamma, a weight-space scale) or None (1); groups: G; eps; rows as for
-    `batchnorm_columns`.
+    scale_of: returns the layer's current per-group scale (G,) (BN's gamma, a weight-space scale) or None (1);
+    axis: the capture point's axis (`group_reductions.group_view`); groups: a GroupNorm's groups per sample (1
+    elsewhere); eps; rows as for `batchnorm_columns`.
     """
 
-    def __init__(self, scale: torch.Tensor | None, groups: int, eps: float, rows: int):
-        if _compiled() is None:
+    def __init__(self, scale_of, axis: str, groups: int, eps: float, rows: int):
+        kernels = _compiled()
+        if kernels is None:
             raise RuntimeError("the fused capture kernel needs numba; install it (pip install numba) or take the "
                                "torch path (group_reductions.batchnorm_reductions)")
         if rows < len(BN_COLUMNS):
             raise ValueError(f"rows={rows} leaves no room for the {len(BN_COLUMNS)} columns; pass rows >= "
                              f"{len(BN_COLUMNS)}")
-        self.scale, self.eps = scale, float(eps)
-        self.out = np.full((rows, groups), np.nan)
-        self._gamma, self._pointer = np.ones(groups), None
-        self._grouped, self._rows = _compiled()
+        if axis not in kernels.AXIS_CODES:
+            raise ValueError(f"axis {axis!r} has no group layout; use one of {sorted(kernels.AXIS_CODES)}")
+        self.scale_of, self.eps, self.rows, self.groups = scale_of, float(eps), rows, int(groups)
+        self._axis, self._kernel = kernels.AXIS_CODES[axis], kernels.layer_kernel
+        self._outs: dict[int, np.ndarray] = {}  # by G: a per-sample axis has as many groups as the batch
+        self.out = self._output(1)
+        self._scale, self._pointer = None, None
+        self.refresh()
 
-    def _gamma_view(self) -> np.ndarray:
-        if self.scale is None:
-            return self._gamma
-        pointer = self.scale.data_ptr()
-        if pointer != self._pointer:
-            self._gamma, self._pointer = self.scale.detach().reshape(-1).numpy(), pointer
-        return self._gamma
+    def refresh(self) -> None:
+        """Re-read the scale: after the parameter was replaced (an in-place update needs none)."""
+        scale = self.scale_of()
+        if scale is None or scale.device.type != "cpu":  # no scale; or the model moved off the CPU (no kernel)
+            self._gamma, self._scale = _NO_SCALE, None
+        elif scale is not self._scale or scale.data_ptr() != self._pointer:
+            self._gamma = scale.detach().reshape(-1).numpy()
+            self._scale, self._pointer = scale, scale.data_ptr()
+
+    def _output(self, groups: int) -> np.ndarray:
+        if groups not in self._outs:
+            self._outs[groups] = np.full((self.rows, groups), np.nan)
+        return self._outs[groups]
 
     def __call__(self, y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor) -> np.ndarray:
-        """The (rows, G) output array (reused: copy it before the next call) for (A, G, B) CPU tensors of one
-        dtype, float32 or float64, contiguous."""
-        batch, groups, inner = y.shape
-        kernel = self._rows if batch > 1 and groups * inner <= ROW_KERNEL_MAX_WIDTH else self._grouped
-        kernel(y.numpy(), g.numpy(), dy.numpy(), self._gamma_view(), self.eps, self.out)
+        """The (rows, G) output array (reused: copy it before the next call) for CPU tensors y, g, dy shaped like
+        the layer's input, of one dtype (float32 or float64), contiguous, none requiring grad."""
+        values = y.numpy()
+        try:
+            self._kernel(values, g.numpy(), dy.numpy(), self._gamma, self.eps, self._axis, self.groups, self.out)
+        except IndexError:  # another number of groups than the last call's (a per-sample axis, another batch)
+            self.out = self._output(self._width(values))
+            self._kernel(values, g.numpy(), dy.numpy(), self._gamma, self.eps, self._axis, self.groups, self.out)
         return self.out
+
+    def _width(self, values: np.ndarray) -> int:
+        return values.shape[1] if self._axis == 0 else values.shape[0] * (self.groups if self._axis == 2 else 1)
