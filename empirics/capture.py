@@ -18,13 +18,18 @@ being assembled downstream for any c). `channel_reductions` is the same reductio
 Capturing is observational: hooks hold detached references and return None (so no gradient is
 changed), nothing the network uses is written, and no RNG is drawn. A layer's reductions run in
 float64 inside backward, the moment its input gradient exists (the normaliser's backward has just read y and g,
-so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward), on one float64
-copy of the three in a buffer reused across steps; collect() then copies (columns, groups) numbers per layer to
-the host, all layers in one copy. Cost (`python -m verify bench`, VGG-1d default, one CPU thread): a captured
-BatchNorm step is ~1.4-1.6 plain steps, ~0.1 of it the hooks and the rest the float64 two-pass reductions, which
-are memory-bound (about 20 float64 passes over each layer's y, g and dy; ~0.4 ms a layer); a formula normaliser
-(l1, RMSNorm, ...) adds its float64 gradient for the identity check (~2 ms a VGG-1d layer). No host
-synchronisation happens before collect().
+so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward). Where the output's autograd
+node reads y directly (a native normaliser, a derived backward), one hook on that node sees both g (its output
+gradient) and dy (its input gradient); dy is then the gradient through the normaliser, which is dL/dy whenever the
+normaliser is y's only consumer (every model here); elsewhere two tensor hooks on y and the output do the same.
+BatchNorm's formula on a CPU (BatchNorm, l2, and LayerNorm/GroupNorm without a per-element affine) is reduced by
+the compiled kernel of `fused_reductions` (numba: one loop reads y, g and dy twice; `BoundCapture(fused=False)`
+keeps the torch reduction `batchnorm_reductions`, its reference in the tests); other normalisers and devices take
+the torch reductions on one float64 copy of the three in a buffer reused across steps, and a formula normaliser
+(l1, RMSNorm, ...) adds its float64 gradient for the identity check. collect() then copies (columns, groups)
+numbers per layer to the host, all layers in one copy. `python -m verify bench` measures a captured step against
+a plain one (`capture_overhead`, and `capture_overhead_torch` for the torch path). No host synchronisation happens
+before collect().
 """
 
 from __future__ import annotations

@@ -10,18 +10,22 @@ each) and float32 or float64 y, g, dy, `batchnorm_columns` returns, per group, i
 the same numbers, to float64 rounding, as `group_reductions.batchnorm_reductions` (the torch reference, which the
 tests compare this with): two passes, the first for the sums, the second for the centred products, every value
 converted to float64 before it is multiplied (a product of two float32 values is then exact) and every sum
-accumulated in float64. Why this exists: with one CPU thread the torch reduction is ~40 small whole-layer ops, and
-on the default VGG-1d's small layers (~40,000 values a layer) their dispatch and their float64 copies cost
-more than the step's own passes over the layer; one compiled loop reads each of y, g, dy twice and writes
-nothing but the result.
+accumulated in float64 (why float64: `batchnorm_reductions`' tolerance analysis). Why this exists: with one CPU
+thread the torch reduction is a dozen whole-layer ops on float64 copies of the three tensors, and on the default
+VGG-1d's small layers (128 x 8 x 40 = 40,960 values at batch 128) their dispatch and copies cost more than the
+arithmetic; one compiled loop reads each of y, g, dy at most twice and writes nothing but the result. Two loop
+orders: along contiguous rows of G * B values (vectorised across the row; a BN channel's few positions) and,
+where a row is too wide for its accumulators to stay in cache or A = 1 (a per-sample group), along each group's
+B values in registers. `python -m verify bench` prices a captured step with it (`capture_overhead`) and with
+the torch path (`capture_overhead_torch`).
 
 Summation order. The kernel lets LLVM reassociate its float64 sums (fastmath "reassoc" and "contract" only: no
 "nnan"/"ninf", so a diverged run's NaN and inf propagate as in the reference), so its vector lanes add in another
 order than the reference's: the result differs from it by rounding, within a few m * 2^-53 of the summed
 magnitudes, which is what the float64 analysis of `batchnorm_reductions` allows for.
 
-Availability. numba compiles the kernel on first use (about a second; cached on disk afterwards, where numba can
-write its cache). `available()` is False where numba cannot be imported; the capture then keeps the torch path.
+Availability. numba compiles the kernel on first use for each input dtype and rank (cached on disk afterwards,
+where numba can write its cache). `available()` is False where numba cannot be imported; the capture then keeps the torch path.
 """
 
 from __future__ import annotations

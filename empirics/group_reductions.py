@@ -31,9 +31,9 @@ from), the reductions are, in float64 (`REDUCTION_COLUMNS`):
     computes its formula, so the rounding `verify.checks` allows for normalisers without an a-priori bound; NaN
     for BatchNorm's formula, whose a-priori rounding bound needs it not.
 
-Cost: BatchNorm's formula (BatchNorm, LayerNorm and GroupNorm natively, l2) takes the fused path of
-`batchnorm_reductions` on the (A, G, B) views (no transposes); a formula normaliser adds its float64 forward and
-backward once per captured layer.
+Cost: BatchNorm's formula (BatchNorm, LayerNorm and GroupNorm natively, l2) takes the compiled kernel of
+`fused_reductions` on a CPU (where numba is installed and `fused`), else `batchnorm_reductions` on the (A, G, B)
+views (no transposes); a formula normaliser adds its float64 forward and backward once per captured layer.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ candidate and baseline alternating repetition by repetition (so a neighbour's lo
 
     train_step            one plain SGD step: zero_grad, forward, cross-entropy, backward, step (the unit; s)
     capture_overhead      a step with the thm4.1 BoundCapture hooks active and its rows collected / plain step
+    capture_overhead_torch  the same with BoundCapture(fused=False): the torch reductions, no compiled kernel
     capture_disabled      a step of a run that has a BoundCapture but is not capturing / plain step
     probe_point_unbatched landscape_probe (6 points, step gradient and loss passed) per point / forward+backward
     probe_point_batched   the same through one torch.func.vmap over stacked parameters
@@ -60,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from empirics import curvature, filter_landscape, ics, landscape, sharpness
+from empirics import curvature, filter_landscape, fused_reductions, ics, landscape, sharpness
 from empirics.capture import BoundCapture, batchnorm_layers
 from empirics.config import PRESETS, Norm, ProbeConfig
 from empirics.experiments import run_specs
@@ -198,15 +199,25 @@ def _step_gradient(s: _Setup) -> tuple[dict[str, torch.Tensor], float]:
 # ---------------------------------------------------------------- figures
 
 
-def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
-    capture = BoundCapture(s.model)
-
-    def captured_step():
+def _captured_step(s: _Setup, capture: BoundCapture) -> Callable[[], None]:
+    def step():
         s.optimizer.zero_grad(set_to_none=True)
         with capture.active():
             F.cross_entropy(s.model(s.x), s.y).backward()
         capture.collect(0)
         s.optimizer.step()
+    return step
+
+
+def _capture_path(s: _Setup) -> str:
+    on_cpu = s.x.device.type == "cpu"
+    return "the compiled kernel (empirics.fused_reductions)" if on_cpu and fused_reductions.available() \
+        else "the torch reduction (numba not installed)" if on_cpu else f"the torch reduction on {s.x.device.type}"
+
+
+def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
+    captured_step = _captured_step(s, BoundCapture(s.model))
+    torch_step = _captured_step(s, BoundCapture(s.model, fused=False))
 
     def idle_step():  # what train.py runs between capture steps: the capture exists, no hooks
         s.optimizer.zero_grad(set_to_none=True)
@@ -218,7 +229,10 @@ def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
     hooks_left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in s.model.modules())
     return {
         "train_step": _absolute(timed, plain, repeats, warmup),
-        "capture_overhead": _paired(timed, captured_step, plain, repeats, warmup),
+        "capture_overhead": {**_paired(timed, captured_step, plain, repeats, warmup),
+                             "note": f"BatchNorm's formula by {_capture_path(s)}"},
+        "capture_overhead_torch": {**_paired(timed, torch_step, plain, repeats, warmup),
+                                   "note": "BoundCapture(fused=False): the torch reduction (the kernel's reference)"},
         "capture_disabled": {**_paired(timed, idle_step, plain, repeats, warmup),
                              "note": f"{hooks_left} module hooks left on the model after capturing"},
     }
