@@ -215,7 +215,11 @@ def _capture_path(s: _Setup) -> str:
         else "the torch reduction (numba not installed)" if on_cpu else f"the torch reduction on {s.x.device.type}"
 
 
+STEP_REPEATS_FACTOR = 10  # single-step figures: each repetition is one step (milliseconds), noisy by several %
+
+
 def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
+    repeats *= STEP_REPEATS_FACTOR  # cheap repetitions: enough of them for a median of ratios a few % above 1
     captured_step = _captured_step(s, BoundCapture(s.model))
     torch_step = _captured_step(s, BoundCapture(s.model, fused=False))
 
@@ -540,7 +544,8 @@ def describe(result: dict) -> str:
     load = result["load_average"]["before"]
     return (f"size {result['size']} on {m['device']} ({m['device_name']}), {m['cpu_count']} CPUs, "
             f"{m['threads']} torch thread(s), torch {m['torch']}, Python {m['python']}; medians of "
-            f"{result['repeats']} repetitions after {result['warmup']} warm-up"
+            f"{result['repeats']} repetitions after {result['warmup']} warm-up ({STEP_REPEATS_FACTOR} times as many "
+            f"for the single-step figures train_step and capture_*)"
             + (f"; load average {load[0]:.2f} at the start" if load else ""))
 
 
