@@ -13,7 +13,7 @@ from verify.cli import main
 from verify.readme import BENCH_END, BENCH_START, bench_block, update_readme
 from verify.report.runs import performance_blocks
 
-PROBE_FIGURES = ("train_step", "capture_overhead", "capture_overhead_torch", "capture_disabled",
+PROBE_FIGURES = ("train_step", "capture_overhead", "capture_overhead_torch", "capture_hooks_floor", "capture_disabled",
                  "probe_point_unbatched", "probe_point_batched", "ics_layer", "hvp", "hvp_amortised", "probed_step", "pool_step",
                  "lp_step_lp1", "lp_step_lpinf", "noisy_step", "sgd_update", "dln_step_none", "dln_step_batchnorm",
                  "dln_step_lp1", "lockstep_vgg1d_none", "lockstep_vgg1d_batchnorm", "lockstep_dln_none",

@@ -6,6 +6,8 @@ candidate and baseline alternating repetition by repetition (so a neighbour's lo
     train_step            one plain SGD step: zero_grad, forward, cross-entropy, backward, step (the unit; s)
     capture_overhead      a step with the thm4.1 BoundCapture hooks active and its rows collected / plain step
     capture_overhead_torch  the same with BoundCapture(fused=False): the torch reductions, no compiled kernel
+    capture_hooks_floor   a step with the capture's hooks doing nothing (a forward hook per layer, a hook on its
+                          output's autograd node) / plain step: the floor of capturing by Python hooks
     capture_disabled      a step of a run that has a BoundCapture but is not capturing / plain step
     probe_point_unbatched landscape_probe (6 points, step gradient and loss passed) per point / forward+backward
     probe_point_batched   the same through one torch.func.vmap over stacked parameters
@@ -229,6 +231,21 @@ def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
             F.cross_entropy(s.model(s.x), s.y).backward()
         s.optimizer.step()
 
+    layers = BoundCapture(s.model).layers
+
+    def hooks_floor_step():  # the hooks a capture needs, doing nothing: its floor with Python hooks per layer
+        handles = []
+
+        def forward_hook(module, inputs, output):
+            handles.append(output.grad_fn.register_hook(lambda grad_inputs, grad_outputs: None))
+
+        s.optimizer.zero_grad(set_to_none=True)
+        handles.extend(layer.register_forward_hook(forward_hook) for layer in layers)
+        F.cross_entropy(s.model(s.x), s.y).backward()
+        for handle in handles:
+            handle.remove()
+        s.optimizer.step()
+
     plain = lambda: _plain_step(s)
     hooks_left = sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in s.model.modules())
     return {
@@ -237,6 +254,9 @@ def _capture_figures(s: _Setup, timed, repeats: int, warmup: int) -> dict:
                              "note": f"BatchNorm's formula by {_capture_path(s)}"},
         "capture_overhead_torch": {**_paired(timed, torch_step, plain, repeats, warmup),
                                    "note": "BoundCapture(fused=False): the torch reduction (the kernel's reference)"},
+        "capture_hooks_floor": {**_paired(timed, hooks_floor_step, plain, repeats, warmup),
+                                "note": "a forward hook per captured layer that hooks its output's autograd node, "
+                                        "both doing nothing: what any capture by Python hooks costs at least"},
         "capture_disabled": {**_paired(timed, idle_step, plain, repeats, warmup),
                              "note": f"{hooks_left} module hooks left on the model after capturing"},
     }
