@@ -20,8 +20,9 @@ changed), nothing the network uses is written, and no RNG is drawn. A layer's re
 float64 inside backward, the moment its input gradient exists (the normaliser's backward has just read y and g,
 so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward). Where the output's autograd
 node reads y directly (a native normaliser, a derived backward), one hook on that node sees both g (its output
-gradient) and dy (its input gradient); dy is then the gradient through the normaliser, which is dL/dy whenever the
-normaliser is y's only consumer (every model here); elsewhere two tensor hooks on y and the output do the same.
+gradient) and dy (its input gradient); dy is then the gradient through the normaliser (the quantity the bounds are
+about), which is dL/dy whenever the normaliser is y's only consumer (every model here); elsewhere two tensor hooks
+on y and the output take g and the whole dL/dy.
 BatchNorm's formula on a CPU (BatchNorm, l2, and LayerNorm/GroupNorm without a per-element affine) is reduced by
 the compiled kernel of `fused_reductions` (numba: one loop reads y, g and dy twice; `BoundCapture(fused=False)`
 keeps the torch reduction `batchnorm_reductions`, its reference in the tests); other normalisers and devices take

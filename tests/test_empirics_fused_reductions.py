@@ -267,3 +267,15 @@ def test_a_non_contiguous_output_gradient_takes_the_torch_path():
             (bn(y).transpose(1, 2) * weights).sum().backward()
         rows[fused] = capture.collect(0)
     _assert_rows_match(rows[True], rows[False])
+
+
+def test_capture_without_numba_takes_the_torch_path(monkeypatch):
+    generator = torch.Generator().manual_seed(13)
+    x, labels = torch.randn(6, 1, 40, generator=generator), torch.randint(0, 10, (6,), generator=generator)
+    model = _model("batchnorm", torch.float32, drop_affine=False)
+    reference = _captured_rows(model, False, x, labels)
+    monkeypatch.setattr(fused_reductions, "_compiled", lambda: None)
+    assert all(h.kernel(torch.zeros(6, 4, 40)) is None for h in BoundCapture(model)._hooks)
+    without = _captured_rows(model, True, x, labels)
+    for key in reference:
+        np.testing.assert_array_equal(without[key], reference[key], err_msg=key)
