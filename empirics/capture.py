@@ -23,9 +23,10 @@ node reads y directly (a native normaliser, a derived backward), one hook on tha
 gradient) and dy (its input gradient); dy is then the gradient through the normaliser (the quantity the bounds are
 about), which is dL/dy whenever the normaliser is y's only consumer (every model here); elsewhere two tensor hooks
 on y and the output take g and the whole dL/dy.
-BatchNorm's formula on a CPU (BatchNorm, l2, and LayerNorm/GroupNorm without a per-element affine) is reduced by
-the compiled kernel of `fused_reductions` (numba: one loop reads y, g and dy twice; `BoundCapture(fused=False)`
-keeps the torch reduction `batchnorm_reductions`, its reference in the tests); other normalisers and devices take
+BatchNorm's formula on a CPU (BatchNorm, l2, LayerNorm, GroupNorm) is reduced by the compiled kernel of
+`fused_reductions` (numba: one loop reads y, g and dy twice; a per-element affine is folded into g first, by
+`group_reductions`; `BoundCapture(fused=False)` keeps the torch reduction `batchnorm_reductions`, its reference in
+the tests); other normalisers and devices take
 the torch reductions on one float64 copy of the three in a buffer reused across steps, and a formula normaliser
 (l1, RMSNorm, ...) adds its float64 gradient for the identity check. collect() then copies (columns, groups)
 numbers per layer to the host, all layers in one copy. `python -m verify bench` measures a captured step against

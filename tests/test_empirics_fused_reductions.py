@@ -208,22 +208,26 @@ def _assert_rows_match(fused: dict, reference: dict) -> None:
     _assert_within(np.vstack([fused[k] for k in keys]), np.vstack([reference[k] for k in keys]), allowed, keys)
 
 
+@pytest.mark.parametrize("affine", [False, True], ids=["no-affine", "affine"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("name", BN_FORMULA)
-def test_capture_with_the_kernel_matches_the_torch_path(name, dtype):
+def test_capture_with_the_kernel_matches_the_torch_path(name, dtype, affine):
+    # a per-channel affine inside a per-sample group (LayerNorm, GroupNorm) is folded into g before the kernel
     generator = torch.Generator().manual_seed(4)
     x, labels = torch.randn(6, 1, 40, generator=generator, dtype=dtype), torch.randint(0, 10, (6,), generator=generator)
-    model = _model(name, dtype, drop_affine=True)
+    model = _model(name, dtype, drop_affine=not affine)
     fused, reference = _captured_rows(model, True, x, labels), _captured_rows(model, False, x, labels)
     _assert_rows_match(fused, reference)
-    hooks = BoundCapture(model)._hooks
-    assert all(h.kernel(x) is not None for h in hooks)  # the kernel did take every layer of this model
 
 
-def test_a_per_element_affine_keeps_the_torch_path():
-    model = _model("layernorm", torch.float32, drop_affine=False)
-    hooks = BoundCapture(model)._hooks
-    assert all(h.kernel(torch.zeros(2, 4, 40)) is None for h in hooks)
+def test_each_layer_keeps_a_kernel_unless_its_scale_is_per_element():
+    # the per-layer kernel object (scale read once per block) where gamma is one number per group; a per-element
+    # affine goes through group_reductions, which folds it into g and calls the kernel afresh
+    like = torch.zeros(6, 4, 40)
+    assert all(h.kernel(like) is not None for h in BoundCapture(_model("batchnorm", torch.float32, False))._hooks)
+    assert all(h.kernel(like) is not None for h in BoundCapture(_model("layernorm", torch.float32, True))._hooks)
+    assert all(h.kernel(like) is None for h in BoundCapture(_model("layernorm", torch.float32, False))._hooks)
+    assert all(h.kernel(like) is None for h in BoundCapture(_model("batchnorm", torch.float32, False), fused=False)._hooks)
 
 
 def test_tensor_hooks_and_the_node_hook_capture_the_same_rows(monkeypatch):
