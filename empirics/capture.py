@@ -37,7 +37,6 @@ before collect().
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -55,7 +54,6 @@ from .group_reductions import (
     capture_points,
     group_reductions,
     group_scale,
-    group_view,
 )
 
 REDUCTION_KEYS = ("m", "eps", "gamma", "mean", "var", "sigma", "g_sum", "g_sq", "g_yhat", "lhs")  # channel_reductions'

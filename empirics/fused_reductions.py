@@ -71,8 +71,23 @@ def batchnorm_columns(y: torch.Tensor, g: torch.Tensor, dy: torch.Tensor, gamma:
     scale = gamma.detach().to(torch.float64).reshape(-1)
     if scale.shape != (y.shape[1],):
         raise ValueError(f"gamma has {scale.numel()} entries for {y.shape[1]} groups; give one per group")
-    columns = LayerColumns(lambda: scale, "batch", 1, eps, rows)
-    return torch.from_numpy(columns(*(t.detach().contiguous() for t in (y, g, dy))).copy())
+    kernels = _kernels(rows)
+    out = np.full((rows, y.shape[1]), np.nan)
+    kernels.layer_kernel(*(t.detach().contiguous().numpy() for t in (y, g, dy)), scale.numpy(), float(eps),
+                         kernels.AXIS_CODES["batch"], 1, out)
+    return torch.from_numpy(out)
+
+
+def _kernels(rows: int):
+    """The compiled kernels, for an output of `rows` rows; a clear error where numba is missing or rows too few."""
+    kernels = _compiled()
+    if kernels is None:
+        raise RuntimeError("the fused capture kernel needs numba; install it (pip install numba) or take the "
+                           "torch path (group_reductions.batchnorm_reductions)")
+    if rows < len(BN_COLUMNS):
+        raise ValueError(f"rows={rows} leaves no room for the {len(BN_COLUMNS)} columns; pass rows >= "
+                         f"{len(BN_COLUMNS)}")
+    return kernels
 
 
 class LayerColumns:
@@ -89,13 +104,7 @@ class LayerColumns:
     """
 
     def __init__(self, scale_of, axis: str, groups: int, eps: float, rows: int):
-        kernels = _compiled()
-        if kernels is None:
-            raise RuntimeError("the fused capture kernel needs numba; install it (pip install numba) or take the "
-                               "torch path (group_reductions.batchnorm_reductions)")
-        if rows < len(BN_COLUMNS):
-            raise ValueError(f"rows={rows} leaves no room for the {len(BN_COLUMNS)} columns; pass rows >= "
-                             f"{len(BN_COLUMNS)}")
+        kernels = _kernels(rows)
         if axis not in kernels.AXIS_CODES:
             raise ValueError(f"axis {axis!r} has no group layout; use one of {sorted(kernels.AXIS_CODES)}")
         self.scale_of, self.eps, self.rows, self.groups = scale_of, float(eps), rows, int(groups)
