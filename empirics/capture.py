@@ -18,7 +18,11 @@ being assembled downstream for any c). `channel_reductions` is the same reductio
 Capturing is observational: hooks hold detached references and return None (so no gradient is
 changed), nothing the network uses is written, and no RNG is drawn. A layer's reductions run in
 float64 inside backward, the moment its input gradient exists (the normaliser's backward has just read y and g,
-so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward). Where the output's autograd
+so all three are still in cache: on a CPU ~2.5x cheaper than reducing after backward). Running no Python inside
+backward instead -- every gradient from one torch.autograd.grad call with each layer's input and output among its
+inputs, the kernel run after it -- measured slower on the VGG-1d (a one-off timing: asking autograd for those
+non-leaf gradients costs more than the hooks it saves, and holding them past backward made the allocator fault
+fresh pages on every captured step). Where the output's autograd
 node reads y directly (a native normaliser, a derived backward), one hook on that node sees both g (its output
 gradient) and dy (its input gradient); dy is then the gradient through the normaliser (the quantity the bounds are
 about), which is dL/dy whenever the normaliser is y's only consumer (every model here); elsewhere two tensor hooks
